@@ -29,6 +29,8 @@ class Command:
         for name, v in (("CLA", self.cla), ("INS", self.ins), ("P1", self.p1), ("P2", self.p2)):
             if not 0 <= v <= 0xFF:
                 raise ValueError(f"{name} out of range")
+        if self.le is not None and not 0 <= self.le <= 65536:
+            raise ValueError("Le out of range")
         nc = len(self.data)
         extended = nc > 255 or (self.le is not None and self.le > 256)
         out = bytearray(self.header())

@@ -32,6 +32,8 @@ CURVE = ec.SECP256R1()
 SIG_LEN = 64
 PUB_LEN = 65
 _ECDSA = ec.ECDSA(hashes.SHA256())
+# RFC 6979 deterministic nonces: no signature depends on a random number generator.
+_ECDSA_SIGN = ec.ECDSA(hashes.SHA256(), deterministic_signing=True)
 
 
 def random_bytes(n: int) -> bytes:
@@ -42,10 +44,24 @@ def generate_private_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(CURVE)
 
 
+P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+
+
 def private_key_from_scalar(scalar: bytes) -> ec.EllipticCurvePrivateKey:
     if len(scalar) != 32:
         raise DecodeError("P-256 private scalar must be 32 bytes", 0)
-    return ec.derive_private_key(int.from_bytes(scalar, "big"), CURVE)
+    value = int.from_bytes(scalar, "big")
+    if not 0 < value < P256_ORDER:
+        raise DecodeError("P-256 private scalar out of range", 0)
+    return ec.derive_private_key(value, CURVE)
+
+
+def private_key_from_seed(seed: bytes) -> ec.EllipticCurvePrivateKey:
+    """A P-256 key from 40 random bytes (FIPS 186-5 A.2.1 style: reduce, then add one)."""
+    if len(seed) < 40:
+        raise ValueError("seed must be at least 40 bytes")
+    value = int.from_bytes(seed, "big") % (P256_ORDER - 1) + 1
+    return ec.derive_private_key(value, CURVE)
 
 
 def private_scalar(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -71,14 +87,7 @@ def decode_public_key(point: bytes) -> ec.EllipticCurvePublicKey:
 
 def sign(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
     """ECDSA P-256 / SHA-256 signature as 64 raw bytes r || s."""
-    r, s = decode_dss_signature(key.sign(data, _ECDSA))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def sign_prehashed(key: ec.EllipticCurvePrivateKey, digest: bytes) -> bytes:
-    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
-
-    r, s = decode_dss_signature(key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256()))))
+    r, s = decode_dss_signature(key.sign(data, _ECDSA_SIGN))
     return r.to_bytes(32, "big") + s.to_bytes(32, "big")
 
 

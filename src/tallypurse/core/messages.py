@@ -43,7 +43,11 @@ class Layout:
         return struct.calcsize(cls.FORMAT)
 
     def to_bytes(self) -> bytes:
-        return struct.pack(self.FORMAT, *astuple(self))  # type: ignore[call-overload]
+        values = astuple(self)  # type: ignore[call-overload]
+        raw = struct.pack(self.FORMAT, *values)
+        if struct.unpack(self.FORMAT, raw) != values:  # struct pads/truncates "Ns" fields
+            raise ValueError(f"{type(self).__name__} has a byte field of the wrong length")
+        return raw
 
     @classmethod
     def parse(cls, raw: bytes) -> Self:

@@ -58,7 +58,7 @@ def currency_by_numeric(numeric: int) -> Currency:
         raise BadInput(f"unknown currency number {numeric}") from None
 
 
-_AMOUNT = re.compile(r"^(?P<int>\d+)(?:\.(?P<frac>\d+))?$")
+_AMOUNT = re.compile(r"^(?P<int>\d+)(?:\.(?P<frac>\d+))?$", re.ASCII)
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,10 +51,20 @@ def tag_bytes(tag: int) -> bytes:
             raise ValueError(f"one-byte tag {tag:X} announces more tag bytes")
         return bytes([tag])
     if tag <= 0xFFFF:
-        return tag.to_bytes(2, "big")
-    if tag <= 0xFFFFFF:
-        return tag.to_bytes(3, "big")
-    raise ValueError("tags longer than three bytes are not supported")
+        raw = tag.to_bytes(2, "big")
+    elif tag <= 0xFFFFFF:
+        raw = tag.to_bytes(3, "big")
+    else:
+        raise ValueError("tags longer than three bytes are not supported")
+    # Refuse what decode() would read as a different tag (or refuse outright).
+    if (
+        raw[0] in (0x00, 0xFF)
+        or raw[0] & 0x1F != 0x1F
+        or any(b & 0x80 == 0 for b in raw[1:-1])
+        or raw[-1] & 0x80
+    ):
+        raise ValueError(f"{tag:X} is not a valid {len(raw)}-byte BER tag")
+    return raw
 
 
 def length_bytes(n: int) -> bytes:

@@ -1,0 +1,143 @@
+"""The keystore interface: the operator's long-lived keys behind one small API.
+
+Every key has a :class:`~tallypurse.core.cert.KeyRef` (name and version), a
+kind and a creation time. Private and secret material never leaves the
+keystore: callers ask it to sign, to issue a certificate or to diversify a
+per-card key from a master key. A software implementation lives in
+:mod:`tallypurse.keystore.software`; a PKCS#11 HSM backend can implement the
+same :class:`KeyStore` protocol later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+from tallypurse.core import crypto
+from tallypurse.core.cert import Certificate, KeyRef, Signer
+from tallypurse.core.protocol import CertRole
+
+# --- Key names -------------------------------------------------------------------
+ISSUER_ROOT = "issuer-root"
+HOST_LIST = "host-list"
+HOST_LOAD = "host-load"
+HOST_API = "host-api"
+MASTER_ISD = "master-isd"
+MASTER_SD = "master-sd-operator"
+MASTER_APP = "master-app"
+
+# --- Validity periods of the certificates a keystore makes for its own keys -------
+YEAR_SECONDS = 365 * 24 * 3600
+ROOT_VALIDITY = 20 * YEAR_SECONDS
+HOST_VALIDITY = 5 * YEAR_SECONDS
+
+AES_KEY_LEN = 16
+
+
+class KeyKind(StrEnum):
+    """What a key is; the value is how it is spelled in files and on screens."""
+
+    EC_P256 = "ec-p256"
+    AES_128 = "aes-128"
+
+
+@dataclass(frozen=True, slots=True)
+class KeySpec:
+    """What a named key is: its kind and, for EC keys, the role its certificate carries."""
+
+    kind: KeyKind
+    role: CertRole | None = None
+
+
+KEY_SPECS: dict[str, KeySpec] = {
+    ISSUER_ROOT: KeySpec(KeyKind.EC_P256, CertRole.ROOT),
+    HOST_LIST: KeySpec(KeyKind.EC_P256, CertRole.HOST_LIST),
+    HOST_LOAD: KeySpec(KeyKind.EC_P256, CertRole.HOST_LOAD),
+    HOST_API: KeySpec(KeyKind.EC_P256, CertRole.HOST_API),
+    MASTER_ISD: KeySpec(KeyKind.AES_128),
+    MASTER_SD: KeySpec(KeyKind.AES_128),
+    MASTER_APP: KeySpec(KeyKind.AES_128),
+}
+"""Every key a keystore holds, in the order they are created and listed."""
+
+HOST_KEYS = (HOST_LIST, HOST_LOAD, HOST_API)
+MASTER_KEYS = (MASTER_ISD, MASTER_SD, MASTER_APP)
+
+
+def public_key_fingerprint(public_key: bytes) -> bytes:
+    """The first 8 bytes of SHA-256 over a 65-byte public point (for screens and logs)."""
+    return crypto.sha256(public_key)[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """The public facts about one key version; safe to log and to print."""
+
+    ref: KeyRef
+    kind: KeyKind
+    created: int
+    public_key: bytes | None = None  # EC keys
+    certificate: Certificate | None = None  # EC keys
+    kcv: bytes | None = None  # AES keys
+
+    @property
+    def fingerprint(self) -> bytes | None:
+        return None if self.public_key is None else public_key_fingerprint(self.public_key)
+
+
+@runtime_checkable
+class KeyStore(Protocol):
+    """The operator's keys. Implementations never reveal private or secret material."""
+
+    def refs(self) -> list[KeyRef]:
+        """Every key version held, in KEY_SPECS order then by version."""
+        ...
+
+    def current(self, name: str) -> KeyRef:
+        """The latest version of a named key; KeystoreError if there is none."""
+        ...
+
+    def info(self, ref: KeyRef) -> KeyInfo:
+        """The public facts about a key version."""
+        ...
+
+    def sign(self, ref: KeyRef, data: bytes) -> bytes:
+        """ECDSA P-256/SHA-256 over ``data``; 64 raw bytes r || s."""
+        ...
+
+    def signer(self, ref: KeyRef) -> Signer:
+        """An object whose ``sign(data)`` signs with ``ref`` (the key stays inside)."""
+        ...
+
+    def public_key(self, ref: KeyRef) -> bytes:
+        """The 65-byte uncompressed public point of an EC key."""
+        ...
+
+    def certificate(self, ref: KeyRef) -> Certificate:
+        """The certificate of an EC key (the root's is self-signed, role ROOT)."""
+        ...
+
+    def kcv(self, ref: KeyRef) -> bytes:
+        """The 3-byte GlobalPlatform key check value of an AES key."""
+        ...
+
+    def diversify(self, master: KeyRef, purpose: bytes, serial: bytes) -> bytes:
+        """A per-card key diversified from an AES master key held here."""
+        ...
+
+    def issue_certificate(
+        self,
+        *,
+        holder: bytes,
+        role: CertRole,
+        public_key: bytes,
+        not_before: int,
+        not_after: int,
+    ) -> Certificate:
+        """Certify a public key (a card's, a SAM's) with the current issuer root."""
+        ...
+
+    def rotate(self, name: str, *, now: int | None = None) -> KeyRef:
+        """Create and persist a new version of ``name``; older versions stay usable."""
+        ...
