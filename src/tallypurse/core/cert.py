@@ -212,7 +212,8 @@ def verify(
     is trusted, the signature, the role, the validity period at time ``at``
     and, when given, the holder reference.
     """
-    c = raw if isinstance(raw, Certificate) else parse(raw)
+    # A Certificate object is re-read from its bytes so that its fields are the signed ones.
+    c = parse(raw.encode() if isinstance(raw, Certificate) else raw)
     issuer = roots.get(c.authority)
     if issuer is None:
         raise CertificateError(f"certificate issued by unknown key {c.authority}")
