@@ -20,7 +20,6 @@ from tallypurse.core.protocol import (
     AppLifeCycle,
     CardLifeCycle,
 )
-
 from tallypurse.core.scp03 import TRANSPORT_KEYS
 
 from .gp import SecurityDomain

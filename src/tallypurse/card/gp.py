@@ -249,7 +249,8 @@ class SecurityDomain(Applet):
             try:
                 keys = scp03.decode_key_set(dek, fields[T_INITIAL_KEYS])
             except CryptoError:
-                raise ISOException(SW.SECURITY_NOT_SATISFIED, "initial keys do not unwrap") from None
+                raise ISOException(SW.SECURITY_NOT_SATISFIED, "initial keys do not unwrap") \
+                    from None
             inner = tlv.encode(T_INITIAL_KEYS, encode_keys(keys))
         self.manager.install(
             self.ctx.aid,
@@ -356,7 +357,7 @@ class SecurityDomain(Applet):
             raise ISOException(SW.CONDITIONS_NOT_SATISFIED, "no INSTALL [for personalization]")
         self._require_encryption(session)
         applet = self.manager.applet_for_personalisation(self.ctx.aid, target)
-        return applet.personalize(cmd.data, last=bool(cmd.p1 & 0x80))
+        return bytes(applet.personalize(cmd.data, last=bool(cmd.p1 & 0x80)))
 
     def _get_data(self, cmd: Command) -> bytes:
         tag = (cmd.p1 << 8) | cmd.p2

@@ -9,6 +9,7 @@ either before or after the command.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tallypurse.core import cert, crypto, tlv
 from tallypurse.core import sw as SW
 from tallypurse.core.apdu import Command
-from tallypurse.core.errors import CertificateError, CryptoError, DecodeError
+from tallypurse.core.errors import CertificateError, CryptoError
 from tallypurse.core.messages import (
     FREE_SLOT,
     SIGNED_CREDIT_RECORD_LEN,
@@ -343,7 +344,11 @@ class PurseApplet(Applet):
         cfg = self._require_personalised()
         ctr = self._counters()
         try:
-            c = cert.verify(cmd.data, self._root(), role=CertRole.TERMINAL, at=ctr.last_time)
+            # The card has no clock: it cannot judge a not-before date, only refuse a
+            # certificate that expired before the latest time it has seen.
+            parsed = cert.parse(cmd.data)
+            c = cert.verify(parsed, self._root(), role=CertRole.TERMINAL,
+                            at=max(ctr.last_time, parsed.not_before))
         except CertificateError:
             raise ISOException(SW.INVALID_CERTIFICATE) from None
         if len(c.holder) != 8:
@@ -369,7 +374,9 @@ class PurseApplet(Applet):
             items.append((T_CREDIT_RECORD, credit[1]))
         return tlv.encode_many(items)
 
-    def _check_order(self, cmd: Command, layout: type[DebitOrder]) -> tuple[Config, Counters, DebitOrder]:
+    def _check_order(
+        self, cmd: Command, layout: type[DebitOrder]
+    ) -> tuple[Config, Counters, DebitOrder]:
         if cmd.p1 or cmd.p2:
             raise ISOException(SW.INCORRECT_P1P2)
         if self._mode != "purchase" or self._challenge is None or self._terminal_key is None:
@@ -799,7 +806,7 @@ class PurseApplet(Applet):
         return out
 
 
-_HANDLERS = {
+_HANDLERS: dict[tuple[int, int], Callable[[PurseApplet, Command], bytes]] = {
     (0x00, Ins.GET_DATA): PurseApplet._get_data,
     (CLA_PROPRIETARY, Ins.GET_DATA): PurseApplet._get_data,
     (0x00, Ins.READ_RECORD): PurseApplet._read_record,

@@ -167,7 +167,15 @@ def parse(raw: bytes) -> Certificate:
         body = tlv.encode(T_BODY, body_value)
         fields = tlv.decode_map(
             body_value,
-            required=(T_PROFILE, T_AUTHORITY, T_HOLDER, T_ROLE, T_PUBKEY, T_NOT_BEFORE, T_NOT_AFTER),
+            required=(
+                T_PROFILE,
+                T_AUTHORITY,
+                T_HOLDER,
+                T_ROLE,
+                T_PUBKEY,
+                T_NOT_BEFORE,
+                T_NOT_AFTER,
+            ),
         )
         if fields[T_PROFILE] != bytes([PROFILE]):
             raise DecodeError("unknown certificate profile", 0)

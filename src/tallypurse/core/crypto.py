@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     encode_dss_signature,
 )
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.kdf.kbkdf import CounterLocation, KBKDFCMAC, Mode
+from cryptography.hazmat.primitives.kdf.kbkdf import KBKDFCMAC, CounterLocation, Mode
 
 from tallypurse.core.errors import CryptoError, DecodeError
 
@@ -110,8 +110,9 @@ def verify(public: ec.EllipticCurvePublicKey | bytes, signature: bytes, data: by
     return True
 
 
-def require_signature(public: ec.EllipticCurvePublicKey | bytes, signature: bytes, data: bytes,
-                      what: str) -> None:
+def require_signature(
+    public: ec.EllipticCurvePublicKey | bytes, signature: bytes, data: bytes, what: str
+) -> None:
     if not verify(public, signature, data):
         raise CryptoError(f"{what}: signature does not verify")
 

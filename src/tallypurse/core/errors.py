@@ -57,7 +57,9 @@ class CardError(TallypurseError):
     def __init__(self, sw: int, message: str = "") -> None:
         from tallypurse.core.sw import describe
 
-        super().__init__(f"card refused: {sw:04X} {describe(sw)}" + (f" ({message})" if message else ""))
+        super().__init__(
+            f"card refused: {sw:04X} {describe(sw)}" + (f" ({message})" if message else "")
+        )
         self.sw = sw
 
 

@@ -308,7 +308,9 @@ def seal_writeback(app_key: bytes, header: WriteBackHeader, payload: bytes) -> b
     """
     k_enc, k_mac = app_subkeys(app_key)
     head = header.to_bytes()
-    iv = crypto.aes_ecb_block(k_enc, (header.card_id + header.seq.to_bytes(4, "big")).ljust(16, b"\0"))
+    iv = crypto.aes_ecb_block(
+        k_enc, (header.card_id + header.seq.to_bytes(4, "big")).ljust(16, b"\0")
+    )
     ct = crypto.aes_cbc_encrypt(k_enc, iv, crypto.pad_iso9797_m2(payload))
     mac = crypto.aes_cmac(k_mac, domain(MSG_WRITEBACK) + head + ct)
     return head + ct + mac
@@ -323,10 +325,14 @@ def open_writeback(app_key: bytes, data: bytes) -> tuple[WriteBackHeader, bytes]
         raise DecodeError("write-back has a wrong length", 0)
     head, ct, mac = data[:hl], data[hl:-16], data[-16:]
     k_enc, k_mac = app_subkeys(app_key)
-    if not crypto.constant_time_equal(crypto.aes_cmac(k_mac, domain(MSG_WRITEBACK) + head + ct), mac):
+    if not crypto.constant_time_equal(
+        crypto.aes_cmac(k_mac, domain(MSG_WRITEBACK) + head + ct), mac
+    ):
         raise CryptoError("write-back MAC does not verify")
     header = WriteBackHeader.parse(head)
-    iv = crypto.aes_ecb_block(k_enc, (header.card_id + header.seq.to_bytes(4, "big")).ljust(16, b"\0"))
+    iv = crypto.aes_ecb_block(
+        k_enc, (header.card_id + header.seq.to_bytes(4, "big")).ljust(16, b"\0")
+    )
     return header, crypto.unpad_iso9797_m2(crypto.aes_cbc_decrypt(k_enc, iv, ct))
 
 

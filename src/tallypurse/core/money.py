@@ -81,9 +81,7 @@ class Money:
             raise BadInput(f"not an amount: {text!r} (use digits, e.g. 12.50)")
         frac = match.group("frac") or ""
         if len(frac) > cur.exponent:
-            raise BadInput(
-                f"{text!r} has more than {cur.exponent} decimal places for {cur.code}"
-            )
+            raise BadInput(f"{text!r} has more than {cur.exponent} decimal places for {cur.code}")
         minor = int(match.group("int")) * 10**cur.exponent + int(frac.ljust(cur.exponent, "0") or 0)
         return cls(minor, cur)
 

@@ -15,6 +15,7 @@ from tallypurse.core.errors import DecodeError
 from tallypurse.core.messages import (
     SIGNED_CREDIT_RECORD_LEN,
     CancelOrder,
+    CardEvent,
     CreditRecord,
     DebitOrder,
     DebtSlot,
@@ -169,21 +170,34 @@ class PurseClient:
         return Selected(prop[T_CARD_ID], _u(prop, T_CURRENCY, 2), _u(prop, T_FLAGS, 1))
 
     def _get(self, tag: int) -> bytes:
-        return self.client.call(Command(CLA_PROPRIETARY, Ins.GET_DATA, tag >> 8, tag & 0xFF,
-                                        b"", 0))
+        return self.client.call(
+            Command(CLA_PROPRIETARY, Ins.GET_DATA, tag >> 8, tag & 0xFF, b"", 0)
+        )
 
     def card_data(self) -> CardData:
         m = tlv.decode_map(self._get(DATA_CARD))
         return CardData(
-            m[T_CARD_ID], _u(m, T_CURRENCY, 2), _u(m, T_CAP, 4), _u(m, T_OFFLINE_LIMIT, 4),
-            _u(m, T_EXPIRY, 4), _u(m, T_CANCEL_WINDOW, 2), _u(m, T_LOG_SIZE, 1),
-            _u(m, T_DEBT_SLOTS, 1), _u(m, T_FLAGS, 1), _u(m, T_APP_KEY, 1),
+            m[T_CARD_ID],
+            _u(m, T_CURRENCY, 2),
+            _u(m, T_CAP, 4),
+            _u(m, T_OFFLINE_LIMIT, 4),
+            _u(m, T_EXPIRY, 4),
+            _u(m, T_CANCEL_WINDOW, 2),
+            _u(m, T_LOG_SIZE, 1),
+            _u(m, T_DEBT_SLOTS, 1),
+            _u(m, T_FLAGS, 1),
+            _u(m, T_APP_KEY, 1),
         )
 
     def counters(self) -> Counters:
         m = tlv.decode_map(self._get(DATA_BALANCE))
-        return Counters(_u(m, T_BALANCE, 4), _u(m, T_ATC, 4), _u(m, T_LOAD_COUNTER, 4),
-                        _u(m, T_ONLINE_COUNTER, 4), _u(m, T_WRITEBACK_SEQ, 4))
+        return Counters(
+            _u(m, T_BALANCE, 4),
+            _u(m, T_ATC, 4),
+            _u(m, T_LOAD_COUNTER, 4),
+            _u(m, T_ONLINE_COUNTER, 4),
+            _u(m, T_WRITEBACK_SEQ, 4),
+        )
 
     def certificate(self) -> bytes:
         return self._get(DATA_CERTIFICATE)
@@ -195,8 +209,9 @@ class PurseClient:
         return parse_debts(self._get(DATA_DEBTS))
 
     def read_record(self, n: int) -> SignedEvent:
-        return SignedEvent.parse(self.client.call(Command(CLA_ISO, Ins.READ_RECORD, n, 0x04,
-                                                          b"", 0)))
+        return SignedEvent.parse(
+            self.client.call(Command(CLA_ISO, Ins.READ_RECORD, n, 0x04, b"", 0))
+        )
 
     def log(self) -> list[SignedEvent]:
         """Every log record, most recent first."""
@@ -215,8 +230,11 @@ class PurseClient:
         return out
 
     def initialize_purchase(self, terminal_certificate: bytes) -> PurchaseSession:
-        m = tlv.decode_map(self.client.call(Command(
-            CLA_PROPRIETARY, Ins.INITIALIZE_PURCHASE, 0, 0, terminal_certificate, 0)))
+        m = tlv.decode_map(
+            self.client.call(
+                Command(CLA_PROPRIETARY, Ins.INITIALIZE_PURCHASE, 0, 0, terminal_certificate, 0)
+            )
+        )
         credit = m.get(T_CREDIT_RECORD)
         return PurchaseSession(
             card_id=m[T_CARD_ID],
@@ -233,49 +251,73 @@ class PurseClient:
         )
 
     def debit(self, order: DebitOrder, signature: bytes) -> DebitResult:
-        out = self.client.call(Command(CLA_PROPRIETARY, Ins.DEBIT, 0, 0,
-                                       order.to_bytes() + signature, 0))
+        out = self.client.call(
+            Command(CLA_PROPRIETARY, Ins.DEBIT, 0, 0, order.to_bytes() + signature, 0)
+        )
         if len(out) != 9 + crypto.SIG_LEN:
             raise DecodeError("DEBIT answer has a wrong length", len(out))
         atc, bal, slot = struct.unpack(">IIB", out[:9])
         return DebitResult(atc, bal, slot, out[9:])
 
     def cancel(self, order: CancelOrder, signature: bytes) -> DebitResult:
-        out = self.client.call(Command(CLA_PROPRIETARY, Ins.CANCEL_LAST_DEBIT, 0, 0,
-                                       order.to_bytes() + signature, 0))
+        out = self.client.call(
+            Command(CLA_PROPRIETARY, Ins.CANCEL_LAST_DEBIT, 0, 0, order.to_bytes() + signature, 0)
+        )
         if len(out) != 8 + crypto.SIG_LEN:
             raise DecodeError("CANCEL answer has a wrong length", len(out))
         atc, bal = struct.unpack(">II", out[:8])
         return DebitResult(atc, bal, 0xFF, out[8:])
 
     def transaction_proof(self, atc: int) -> SignedEvent:
-        return SignedEvent.parse(self.client.call(Command(
-            CLA_PROPRIETARY, Ins.GET_TRANSACTION_PROOF, 0, 0, atc.to_bytes(4, "big"), 0)))
+        return SignedEvent.parse(
+            self.client.call(
+                Command(CLA_PROPRIETARY, Ins.GET_TRANSACTION_PROOF, 0, 0, atc.to_bytes(4, "big"), 0)
+            )
+        )
 
-    def online_authorise(self, *, amount: int, currency: int, tx_type: int, time: int,
-                         host_challenge: bytes) -> tuple[int, bytes]:
+    def online_authorise(
+        self, *, amount: int, currency: int, tx_type: int, time: int, host_challenge: bytes
+    ) -> tuple[int, bytes]:
         if len(host_challenge) != 16:
             raise ValueError("host challenge must be 16 bytes")
-        out = self.client.call(Command(
-            CLA_PROPRIETARY, Ins.ONLINE_AUTHORISE, 0, 0,
-            struct.pack(">IHBI", amount, currency, tx_type, time) + host_challenge, 0))
+        out = self.client.call(
+            Command(
+                CLA_PROPRIETARY,
+                Ins.ONLINE_AUTHORISE,
+                0,
+                0,
+                struct.pack(">IHBI", amount, currency, tx_type, time) + host_challenge,
+                0,
+            )
+        )
         if len(out) != 4 + crypto.SIG_LEN:
             raise DecodeError("ONLINE AUTHORISE answer has a wrong length", len(out))
         return int.from_bytes(out[:4], "big"), out[4:]
 
     def initialize_load(self) -> LoadSession:
-        m = tlv.decode_map(self.client.call(Command(CLA_PROPRIETARY, Ins.INITIALIZE_LOAD, 0, 0,
-                                                    b"", 0)))
+        m = tlv.decode_map(
+            self.client.call(Command(CLA_PROPRIETARY, Ins.INITIALIZE_LOAD, 0, 0, b"", 0))
+        )
         return LoadSession(
-            card_id=m[T_CARD_ID], atc=_u(m, T_ATC, 4), load_counter=_u(m, T_LOAD_COUNTER, 4),
-            balance=_u(m, T_BALANCE, 4), currency=_u(m, T_CURRENCY, 2),
-            challenge=m[T_CHALLENGE], cap=_u(m, T_CAP, 4), flags=_u(m, T_FLAGS, 1),
+            card_id=m[T_CARD_ID],
+            atc=_u(m, T_ATC, 4),
+            load_counter=_u(m, T_LOAD_COUNTER, 4),
+            balance=_u(m, T_BALANCE, 4),
+            currency=_u(m, T_CURRENCY, 2),
+            challenge=m[T_CHALLENGE],
+            cap=_u(m, T_CAP, 4),
+            flags=_u(m, T_FLAGS, 1),
             debts=parse_debts(m[T_DEBTS]),
         )
 
     def credit(self, auth: LoadAuthorisation, signature: bytes, load_cert: bytes) -> SignedEvent:
-        return SignedEvent.parse(self.client.call(Command(
-            CLA_PROPRIETARY, Ins.CREDIT, 0, 0, auth.to_bytes() + signature + load_cert, 0)))
+        return SignedEvent.parse(
+            self.client.call(
+                Command(
+                    CLA_PROPRIETARY, Ins.CREDIT, 0, 0, auth.to_bytes() + signature + load_cert, 0
+                )
+            )
+        )
 
     def write_back(self, sealed: bytes) -> tuple[WriteBackReceipt, bytes]:
         out = self.client.call(Command(CLA_PROPRIETARY, Ins.WRITE_BACK, 0, 0, sealed, 0))
@@ -283,3 +325,28 @@ class PurseClient:
         if len(out) != n + 16:
             raise DecodeError("WRITE-BACK answer has a wrong length", len(out))
         return WriteBackReceipt.parse(out[:n]), out[n:]
+
+
+def debit_event(session: PurchaseSession, order: DebitOrder, result: DebitResult) -> CardEvent:
+    """The card event a DEBIT answer stands for, rebuilt by the terminal from what it
+    sent and what the card said, so that the TAC can be verified without reading the log."""
+    from tallypurse.core.protocol import EventKind
+
+    return CardEvent(
+        kind=EventKind.DEBIT,
+        card_id=session.card_id,
+        atc=result.atc,
+        load_counter=session.load_counter,
+        amount=order.amount,
+        split=order.split,
+        currency=order.currency,
+        tx_type=order.tx_type,
+        balance_before=session.balance,
+        balance_after=result.balance_after,
+        terminal_id=order.terminal_id,
+        terminal_seq=order.terminal_seq,
+        time=order.time,
+        card_challenge=order.card_challenge,
+        terminal_challenge=order.terminal_challenge,
+        debt_slot=result.debt_slot,
+    )

@@ -141,9 +141,7 @@ class Session:
         if len(cmd.data) < 8:
             raise CryptoError("command lacks its C-MAC")
         body, mac = cmd.data[:-8], cmd.data[-8:]
-        full = crypto.aes_cmac(
-            self.s_mac, self._cmac_input(cmd.cla, cmd.ins, cmd.p1, cmd.p2, body)
-        )
+        full = crypto.aes_cmac(self.s_mac, self._cmac_input(cmd.cla, cmd.ins, cmd.p1, cmd.p2, body))
         if not crypto.constant_time_equal(full[:8], mac):
             raise CryptoError("command C-MAC does not verify")
         self.mac_chain = full
@@ -162,7 +160,9 @@ class Session:
         """Card: append the R-MAC to response data when R-MAC is on."""
         if not (self.authenticated and self.level & R_MAC):
             return data
-        return data + crypto.aes_cmac(self.s_rmac, self.mac_chain + data + sw.to_bytes(2, "big"))[:8]
+        return (
+            data + crypto.aes_cmac(self.s_rmac, self.mac_chain + data + sw.to_bytes(2, "big"))[:8]
+        )
 
 
 # The well-known key set a blank card leaves the factory with (GlobalPlatform's

@@ -109,8 +109,13 @@ def personalise(
     isd = SecureChannel.open(client, ISD_AID, transport_keys)
     isd.put_key(card_isd, replace=transport_keys.version)
     isd = SecureChannel.open(client, ISD_AID, card_isd)
-    isd.install(package=SD_PACKAGE_AID, module=SD_MODULE_AID, aid=OPERATOR_SD_AID,
-                privileges=PRIV_SECURITY_DOMAIN, initial_keys=card_sd)
+    isd.install(
+        package=SD_PACKAGE_AID,
+        module=SD_MODULE_AID,
+        aid=OPERATOR_SD_AID,
+        privileges=PRIV_SECURITY_DOMAIN,
+        initial_keys=card_sd,
+    )
     isd.set_card_life(CardLifeCycle.INITIALIZED)
 
     # 2. Operator's domain: install and personalise the purse.
@@ -129,18 +134,24 @@ def personalise(
                 (T_EXPIRY, expiry.to_bytes(4, "big")),
                 (T_CANCEL_WINDOW, policy.cancel_window.to_bytes(2, "big")),
                 (T_LOG_SIZE, bytes([policy.log_size])),
-                (T_ISSUER_ROOT, tlv.encode(0x42, root_ref.encode())
-                 + tlv.encode(0x86, ks.public_key(root_ref))),
+                (
+                    T_ISSUER_ROOT,
+                    tlv.encode(0x42, root_ref.encode()) + tlv.encode(0x86, ks.public_key(root_ref)),
+                ),
                 (T_APP_KEY, bytes([app_version]) + app),
             ]
         ),
         block=0,
     )
-    answer = tlv.decode_map(sd.store_data(tlv.encode(T_PUBLIC_KEY, b""), block=1),
-                            required=(T_PUBLIC_KEY,))
+    answer = tlv.decode_map(
+        sd.store_data(tlv.encode(T_PUBLIC_KEY, b""), block=1), required=(T_PUBLIC_KEY,)
+    )
     public_key = answer[T_PUBLIC_KEY]
     card_cert = ks.issue_certificate(
-        holder=serial, role=CertRole.CARD, public_key=public_key, not_before=now,
+        holder=serial,
+        role=CertRole.CARD,
+        public_key=public_key,
+        not_before=now,
         not_after=expiry,
     ).encode()
     last = tlv.encode(T_CERTIFICATE, card_cert)
@@ -156,5 +167,6 @@ def personalise(
     parsed = cert.parse(card_cert)
     if parsed.public_key != public_key:  # pragma: no cover - issue_certificate bug guard
         raise CryptoError("issued certificate does not carry the card key")
-    return IssuedCard(serial, card_cert, public_key, expiry, card_isd.version, card_sd.version,
-                      app_version)
+    return IssuedCard(
+        serial, card_cert, public_key, expiry, card_isd.version, card_sd.version, app_version
+    )

@@ -1,0 +1,25 @@
+"""The `tallypurse` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from . import bench, card, demo, keys
+
+app = typer.Typer(
+    help="tallypurse: offline-first prepaid-card payments (card, terminal, host).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(keys.app, name="keys")
+app.add_typer(card.app, name="card")
+app.add_typer(bench.app, name="bench")
+app.command("demo")(demo.demo)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
