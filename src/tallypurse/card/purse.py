@@ -379,8 +379,10 @@ class PurseApplet(Applet):
     ) -> tuple[Config, Counters, DebitOrder]:
         if cmd.p1 or cmd.p2:
             raise ISOException(SW.INCORRECT_P1P2)
-        if self._mode != "purchase" or self._challenge is None or self._terminal_key is None:
+        if self._mode != "purchase" or self._terminal_key is None:
             raise ISOException(SW.CONDITIONS_NOT_SATISFIED, "no INITIALIZE PURCHASE")
+        if self._challenge is None:
+            raise ISOException(SW.REPLAY, "this session's challenge is already spent")
         size = layout.size()
         if len(cmd.data) != size + crypto.SIG_LEN:
             raise ISOException(SW.WRONG_LENGTH)

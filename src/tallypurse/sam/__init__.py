@@ -50,18 +50,17 @@ records the exact position. While open, a SAM holds an exclusive ``flock`` on
 ``<path>.lock`` so that two instances never share a counter.
 """
 
-from tallypurse.sam.emulator import (
+from tallypurse.core.samproto import (
     PURPOSE_BATCH,
     PURPOSE_CSR,
     PURPOSE_JOURNAL,
     PURPOSE_REQUEST,
     PURPOSE_STATE,
-    SIGN_PURPOSES,
     CertificateRequest,
-    Sam,
     signed_data,
     verify_signature,
 )
+from tallypurse.sam.emulator import SIGN_PURPOSES, Sam
 
 __all__ = [
     "PURPOSE_BATCH",
