@@ -14,7 +14,9 @@ from tallypurse.core import sw as SW
 from tallypurse.core.apdu import Command
 from tallypurse.core.errors import CryptoError, DecodeError
 from tallypurse.core.protocol import (
+    CLA_ISO,
     CLA_PROPRIETARY,
+    CLA_SECURE,
     INSTALL_FOR_INSTALL_AND_SELECTABLE,
     INSTALL_FOR_PERSONALIZATION,
     PRIV_SECURITY_DOMAIN,
@@ -36,6 +38,21 @@ T_KEY_INFO = 0xE0
 
 
 _MAX_KEY_SETS = 4
+
+# Every instruction a security domain knows; any other is 6D00 whatever the class.
+_SD_INS = frozenset(
+    {
+        Ins.INITIALIZE_UPDATE,
+        Ins.EXTERNAL_AUTHENTICATE,
+        Ins.INSTALL,
+        Ins.DELETE,
+        Ins.PUT_KEY,
+        Ins.GET_STATUS,
+        Ins.SET_STATUS,
+        Ins.STORE_DATA,
+        Ins.GET_DATA,
+    }
+)
 
 
 def _key_name(version: int) -> str:
@@ -132,6 +149,11 @@ class SecurityDomain(Applet):
     # --- dispatch -------------------------------------------------------------------------------
     def process(self, cmd: Command) -> bytes:
         ins = cmd.ins
+        if cmd.cla not in (CLA_ISO, CLA_PROPRIETARY, CLA_SECURE):
+            raise ISOException(SW.CLA_NOT_SUPPORTED)
+        if ins not in _SD_INS and not (cmd.secure_messaging and self.session is not None):
+            # (inside a channel the C-MAC is checked first so that chaining goes on)
+            raise ISOException(SW.INS_NOT_SUPPORTED)
         if cmd.cla == CLA_PROPRIETARY and ins == Ins.INITIALIZE_UPDATE:
             return self._initialize_update(cmd)
         if ins == Ins.GET_DATA and not cmd.secure_messaging:

@@ -8,8 +8,9 @@ unsigned big-endian. See docs/protocol.md section "Signed data".
 
 from __future__ import annotations
 
+import re
 import struct
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import ClassVar, Self
 
 from tallypurse.core import crypto
@@ -32,6 +33,20 @@ def domain(msg_type: int) -> bytes:
     return b"TP" + bytes([PROTOCOL_VERSION, msg_type])
 
 
+_SHAPES: dict[type, tuple[list[str], list[tuple[int, int]]]] = {}
+
+
+def _shape(cls: type) -> tuple[list[str], list[tuple[int, int]]]:
+    """Field names in order and (index, size) of each fixed-size bytes field."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        names = [f.name for f in fields(cls)]
+        codes = re.findall(r"(\d*)([a-zA-Z?])", cls.FORMAT)  # type: ignore[attr-defined]
+        byte_fields = [(i, int(n)) for i, (n, c) in enumerate(codes) if c == "s"]
+        shape = _SHAPES[cls] = (names, byte_fields)
+    return shape
+
+
 class Layout:
     """Mixin for frozen dataclasses with a fixed struct layout."""
 
@@ -43,11 +58,14 @@ class Layout:
         return struct.calcsize(cls.FORMAT)
 
     def to_bytes(self) -> bytes:
-        values = astuple(self)  # type: ignore[call-overload]
-        raw = struct.pack(self.FORMAT, *values)
-        if struct.unpack(self.FORMAT, raw) != values:  # struct pads/truncates "Ns" fields
-            raise ValueError(f"{type(self).__name__} has a byte field of the wrong length")
-        return raw
+        names, byte_fields = _shape(type(self))
+        values = [getattr(self, n) for n in names]
+        for i, size in byte_fields:  # struct would silently pad or truncate "Ns" fields
+            if len(values[i]) != size:
+                raise ValueError(
+                    f"{type(self).__name__}.{names[i]} has the wrong length (must be {size} bytes)"
+                )
+        return struct.pack(self.FORMAT, *values)
 
     @classmethod
     def parse(cls, raw: bytes) -> Self:
