@@ -59,8 +59,9 @@ def wrong(keys: scp03.StaticKeys) -> scp03.StaticKeys:
 def handshake(card: Card, keys: scp03.StaticKeys, aid: bytes = ISD_AID) -> scp03.Session:
     """SELECT + INITIALIZE UPDATE; the host's (not yet authenticated) session."""
     assert send(card, Command(0x00, Ins.SELECT, 0x04, 0x00, aid, 0)).sw == SW.OK
-    r = send(card, Command(CLA_PROPRIETARY, Ins.INITIALIZE_UPDATE, keys.version, 0,
-                           HOST_CHALLENGE, 0))
+    r = send(
+        card, Command(CLA_PROPRIETARY, Ins.INITIALIZE_UPDATE, keys.version, 0, HOST_CHALLENGE, 0)
+    )
     assert r.sw == SW.OK
     return scp03.Session.derive(keys, HOST_CHALLENGE, r.data[13:21])
 
@@ -72,8 +73,7 @@ def authenticate(card: Card, session: scp03.Session, cryptogram: bytes, level: i
     return send(card, ea).sw
 
 
-def channel(card: Card, lab: Lab, level: int = scp03.FULL,
-            aid: bytes = ISD_AID) -> SecureChannel:
+def channel(card: Card, lab: Lab, level: int = scp03.FULL, aid: bytes = ISD_AID) -> SecureChannel:
     return SecureChannel.open(ApduClient(card), aid, keys_for(card, lab, aid), level=level)
 
 
@@ -119,9 +119,7 @@ def test_wrong_keys_fail_on_the_host_side_with_a_card_cryptogram_mismatch(
         SecureChannel.open(ApduClient(card), ISD_AID, wrong(keys_for(card, lab)))
 
 
-def test_the_card_refuses_a_host_that_skips_the_check_with_wrong_keys(
-    card: Card, lab: Lab
-) -> None:
+def test_the_card_refuses_a_host_that_skips_the_check_with_wrong_keys(card: Card, lab: Lab) -> None:
     session = handshake(card, wrong(keys_for(card, lab)))
     assert authenticate(card, session, session.host_cryptogram(), scp03.FULL) == (
         SW.SECURITY_NOT_SATISFIED
@@ -163,8 +161,11 @@ def test_a_second_external_authenticate_is_refused_and_closes_the_channel(
     card: Card, lab: Lab
 ) -> None:
     ch = channel(card, lab)
-    again = ch.session.wrap(Command(CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, scp03.FULL, 0,
-                                    ch.session.host_cryptogram()))
+    again = ch.session.wrap(
+        Command(
+            CLA_PROPRIETARY, Ins.EXTERNAL_AUTHENTICATE, scp03.FULL, 0, ch.session.host_cryptogram()
+        )
+    )
     assert send(card, again).sw == SW.CONDITIONS_NOT_SATISFIED
     assert send(card, wrapped_status(ch)).sw == SW.SECURITY_NOT_SATISFIED
 
@@ -201,7 +202,7 @@ def flip(raw: bytes, index: int) -> bytes:
 
 @pytest.mark.parametrize(
     "where",
-    [-1, -8, -9, 2, 3],
+    [-2, -9, -10, 2, 3],
     ids=["last MAC byte", "first MAC byte", "last data byte", "P1", "P2"],
 )
 def test_a_flipped_byte_is_refused_6982_and_the_session_is_closed(
@@ -209,6 +210,7 @@ def test_a_flipped_byte_is_refused_6982_and_the_session_is_closed(
 ) -> None:
     ch = channel(card, lab)
     raw = wrapped_status(ch)
+    assert raw[-1] == 0x00  # Le, the one byte outside the C-MAC
     assert send(card, flip(raw, where)).sw == SW.SECURITY_NOT_SATISFIED
     # the session is gone: the genuine command, and any later one, is refused too
     assert send(card, raw).sw == SW.SECURITY_NOT_SATISFIED
@@ -276,8 +278,14 @@ def test_a_channel_to_one_domain_is_worth_nothing_in_another(card: Card, lab: La
 # --- secure messaging required ---------------------------------------------------------------
 
 CLEAR_MANAGEMENT = [
-    Command(CLA_PROPRIETARY, Ins.INSTALL, INSTALL_FOR_INSTALL_AND_SELECTABLE, 0,
-            lv(SD_PACKAGE_AID, SD_MODULE_AID, PARTNER_SD_AID, b"\x80", b"", b""), 0),
+    Command(
+        CLA_PROPRIETARY,
+        Ins.INSTALL,
+        INSTALL_FOR_INSTALL_AND_SELECTABLE,
+        0,
+        lv(SD_PACKAGE_AID, SD_MODULE_AID, PARTNER_SD_AID, b"\x80", b"", b""),
+        0,
+    ),
     Command(CLA_PROPRIETARY, Ins.DELETE, 0, 0, tlv.encode(0x4F, OPERATOR_SD_AID), 0),
     Command(CLA_PROPRIETARY, Ins.PUT_KEY, 0, 0x81, bytes(70), 0),
     Command(CLA_PROPRIETARY, Ins.SET_STATUS, 0x80, 0x7F),
@@ -328,17 +336,19 @@ def test_install_of_a_security_domain_without_c_decryption_is_refused_6982(
     ch = channel(card, lab, level)
     before = card.eeprom.snapshot()
     with pytest.raises(CardError) as err:
-        ch.install(package=SD_PACKAGE_AID, module=SD_MODULE_AID, aid=PARTNER_SD_AID,
-                   privileges=PRIV_SECURITY_DOMAIN,
-                   initial_keys=sd_keys(lab.keystore, card.serial, PARTNER_SD_AID))
+        ch.install(
+            package=SD_PACKAGE_AID,
+            module=SD_MODULE_AID,
+            aid=PARTNER_SD_AID,
+            privileges=PRIV_SECURITY_DOMAIN,
+            initial_keys=sd_keys(lab.keystore, card.serial, PARTNER_SD_AID),
+        )
     assert err.value.sw == SW.SECURITY_NOT_SATISFIED
     assert card.eeprom.snapshot() == before
 
 
 @pytest.mark.parametrize("level", NO_CDEC, ids=["C-MAC", "C-MAC+R-MAC"])
-def test_store_data_without_c_decryption_is_refused_6982(
-    card: Card, lab: Lab, level: int
-) -> None:
+def test_store_data_without_c_decryption_is_refused_6982(card: Card, lab: Lab, level: int) -> None:
     install_partner_domain(card, lab.keystore, card.serial)
     install_loyalty(card, lab.keystore, card.serial, points=5)
     ch = channel(card, lab, level, PARTNER_SD_AID)
@@ -353,8 +363,7 @@ def test_store_data_without_c_decryption_is_refused_6982(
 class Recorder:
     """A transport that keeps every command APDU and lets a test rewrite responses."""
 
-    def __init__(self, card: Card,
-                 rewrite: Callable[[bytes, bytes], bytes] | None = None) -> None:
+    def __init__(self, card: Card, rewrite: Callable[[bytes, bytes], bytes] | None = None) -> None:
         self.card = card
         self.rewrite = rewrite
         self.commands: list[bytes] = []
@@ -410,8 +419,15 @@ def test_without_r_mac_a_response_carries_no_mac(card: Card, lab: Lab) -> None:
         lambda d: b"",
         lambda d: d + b"\x00",
     ],
-    ids=["first data byte", "last data byte", "MAC byte", "MAC cut off", "truncated", "empty",
-         "extra byte"],
+    ids=[
+        "first data byte",
+        "last data byte",
+        "MAC byte",
+        "MAC cut off",
+        "truncated",
+        "empty",
+        "extra byte",
+    ],
 )
 def test_a_tampered_response_is_detected_by_its_r_mac(
     card: Card, lab: Lab, tamper: Callable[[bytes], bytes]
@@ -428,9 +444,7 @@ def test_a_tampered_response_is_detected_by_its_r_mac(
         ch.get_status(0x80)
 
 
-def test_a_response_replayed_from_an_earlier_command_fails_its_r_mac(
-    card: Card, lab: Lab
-) -> None:
+def test_a_response_replayed_from_an_earlier_command_fails_its_r_mac(card: Card, lab: Lab) -> None:
     ch = channel(card, lab, scp03.FULL)
     r1 = send(card, ch.session.wrap(GET_STATUS_ISD))
     ch.session.unwrap_response(r1.data, r1.sw)

@@ -121,42 +121,35 @@ def test_a_cancel_after_the_window_is_refused(lab: Lab, card: Card, sam: Sam) ->
 def test_a_cancel_dated_before_the_debit_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     lab.load(card, 1_000)
     tap = lab.purchase(card, sam, 400)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now - 1),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now - 1), SW.CONDITIONS_NOT_SATISFIED)
 
 
-def test_a_cancel_when_the_last_event_is_a_load_is_refused(
-    lab: Lab, card: Card, sam: Sam
-) -> None:
+def test_a_cancel_when_the_last_event_is_a_load_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     lab.load(card, 1_000)
     tap = lab.purchase(card, sam, 400)
     lab.load(card, 10)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now), SW.CONDITIONS_NOT_SATISFIED)
 
 
 def test_a_cancel_for_another_amount_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     lab.load(card, 1_000)
     tap = lab.purchase(card, sam, 400)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now, amount=401),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(
+        card, cancel_apdu(card, sam, tap, time=lab.now, amount=401), SW.CONDITIONS_NOT_SATISFIED
+    )
 
 
-def test_a_cancel_after_the_debt_was_settled_is_refused(
-    lab: Lab, card: Card, sam: Sam
-) -> None:
+def test_a_cancel_after_the_debt_was_settled_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     lab.load(card, 300)
     tap = lab.purchase(card, sam, 300, split=700, tx_type=TxType.CANTEEN)
     lab.settle_debt(card, tap.result.atc, 700)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now), SW.CONDITIONS_NOT_SATISFIED)
 
 
 def test_a_cancel_after_the_debt_failed_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     tap = lab.purchase(card, sam, 0, split=700, tx_type=TxType.CANTEEN)
     lab.fail_debt(card, tap.result.atc, 700)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now), SW.CONDITIONS_NOT_SATISFIED)
 
 
 def test_a_debit_order_is_no_cancel_order(lab: Lab, card: Card, sam: Sam) -> None:
@@ -180,5 +173,4 @@ def test_a_cancel_sent_twice_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     raw = cancel_apdu(card, sam, tap, time=lab.now)
     assert Response.parse(card.transmit(raw)).sw == SW.OK
     assert_refused(card, raw, SW.REPLAY)
-    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now),
-                   SW.CONDITIONS_NOT_SATISFIED)
+    assert_refused(card, cancel_apdu(card, sam, tap, time=lab.now), SW.CONDITIONS_NOT_SATISFIED)

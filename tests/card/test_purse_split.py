@@ -96,7 +96,10 @@ def test_split_debts_take_the_next_free_slot_with_the_new_atc_as_reference(
 ) -> None:
     lab.load(card, 100)
     lab.purchase(card, sam, 40)
-    refs = [lab.purchase(card, sam, 60 if n == 0 else 0, split=500, tx_type=TxType.CANTEEN).result for n in range(3)]
+    refs = [
+        lab.purchase(card, sam, 60 if n == 0 else 0, split=500, tx_type=TxType.CANTEEN).result
+        for n in range(3)
+    ]
     assert [r.debt_slot for r in refs] == [0, 1, 2]
     assert [(s.state, s.ref, s.amount) for s in debts(card)] == [
         (DebtState.PENDING, 2, 500),
@@ -120,9 +123,7 @@ def test_a_split_debit_of_a_type_not_allowed_on_credit_is_refused(
     assert_refused(card, raw, SW.CREDIT_NOT_ALLOWED)
 
 
-def test_a_split_debit_of_a_type_beyond_the_mask_is_refused(
-    lab: Lab, card: Card, sam: Sam
-) -> None:
+def test_a_split_debit_of_a_type_beyond_the_mask_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     assert_refused(card, split_order(lab, card, sam, 0, 500, tx_type=33), SW.CREDIT_NOT_ALLOWED)
 
 
@@ -142,9 +143,7 @@ def test_a_split_debit_over_the_maximum_outstanding_debt_is_refused(
     assert lab.purchase(card, sam, 0, split=1_000, tx_type=TxType.CANTEEN).result.debt_slot == 2
 
 
-def test_a_split_debit_with_no_free_debt_slot_is_refused(
-    lab: Lab, card: Card, sam: Sam
-) -> None:
+def test_a_split_debit_with_no_free_debt_slot_is_refused(lab: Lab, card: Card, sam: Sam) -> None:
     for _ in range(4):
         lab.purchase(card, sam, 0, split=1_000, tx_type=TxType.CANTEEN)
     assert_refused(card, split_order(lab, card, sam, 0, 1_000), SW.NO_FREE_DEBT_SLOT)

@@ -120,6 +120,10 @@ class Card:
             response = self.os.transmit(apdu)
         except BaseException:
             self.os = None
+            # The file is the EEPROM: keep what a cut left (log, commit flag) so that
+            # reopening recovers exactly as powering up again would.
+            if self.path is not None and self.eeprom.writes != before:
+                self.save()
             raise
         if self.path is not None and self.eeprom.writes != before:
             self.save()

@@ -680,7 +680,11 @@ class PurseApplet(Applet):
             outcome = DebtOutcome.parse(payload)
             result = 1
             for i, slot in enumerate(self._slots()):
-                if slot.state == DebtState.FREE or slot.ref != outcome.ref:
+                if (
+                    slot.state == DebtState.FREE
+                    or slot.ref != outcome.ref
+                    or slot.amount != outcome.amount
+                ):
                     continue
                 if action == WriteBackAction.SETTLE_DEBT:
                     self._put_slot(i, FREE_SLOT)
@@ -791,8 +795,9 @@ class PurseApplet(Applet):
             if len(raw) != SIGNED_CREDIT_RECORD_LEN:
                 raise ISOException(SW.WRONG_LENGTH, "credit record")
             record = CreditRecord.parse(raw[: CreditRecord.size()])
-            if record.card_id != self._config().card_id:
-                raise ISOException(SW.WRONG_DATA, "credit record for another card")
+            cfg = self._config()
+            if record.card_id != cfg.card_id or record.currency != cfg.currency:
+                raise ISOException(SW.WRONG_DATA, "credit record for another card or currency")
             self.ctx.store.put("credit", raw)
         if staged:
             raise ISOException(SW.WRONG_DATA, f"unknown tag {min(staged):X}")

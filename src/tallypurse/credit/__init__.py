@@ -1,0 +1,1 @@
+"""Cardholder-centred credit scoring: indicators, scorecard, grades and limits."""

@@ -1,0 +1,148 @@
+"""Database engines and the unit of work.
+
+SQLite (a file in the data directory) is the default; PostgreSQL is reached
+through a URL (``postgresql+psycopg://user@host:5432/db``). On SQLite every
+transaction starts with ``BEGIN IMMEDIATE`` (WAL, synchronous FULL) so that
+several processes serialise their writes instead of failing to upgrade a
+read lock; on PostgreSQL the services lock what they read-then-write with
+``SELECT ... FOR UPDATE`` and let unique constraints decide races.
+
+A :class:`UnitOfWork` is one database transaction: it commits only when asked
+to, and anything not committed is rolled back when the block ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session, sessionmaker
+
+from tallypurse.core.errors import BadInput
+
+SQLITE_FILE = "host.sqlite3"
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{(Path(data_dir) / SQLITE_FILE).resolve()}"
+
+
+def normalise_url(url: str) -> str:
+    """Accept ``postgresql://`` and ``postgres://`` as the psycopg 3 driver."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise BadInput(f"not a database URL: {url!r}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("postgresql+psycopg", "sqlite", "sqlite+pysqlite"):
+        raise BadInput(f"unsupported database {parsed.drivername!r} (use sqlite or postgresql)")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> Engine:
+    """An engine for ``url``; ``schema`` puts PostgreSQL tables in that schema."""
+    url = normalise_url(url)
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _connect(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_connection.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+        return engine
+    connect_args: dict[str, Any] = {}
+    if schema:
+        connect_args["options"] = f"-csearch_path={schema}"
+    return create_engine(
+        url,
+        connect_args=connect_args,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+    )
+
+
+def is_postgres(engine: Engine) -> bool:
+    return engine.dialect.name == "postgresql"
+
+
+class Database:
+    """An engine and its session factory."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False, autoflush=True)
+        self.postgres = is_postgres(engine)
+
+    @classmethod
+    def connect(cls, url: str, *, schema: str | None = None) -> Database:
+        return cls(make_engine(url, schema=schema))
+
+    def uow(self) -> UnitOfWork:
+        return UnitOfWork(self)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+class UnitOfWork:
+    """One transaction. ``commit()`` makes it durable; leaving the block without
+    committing (or with an exception) rolls it back."""
+
+    session: Session
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def __enter__(self) -> UnitOfWork:
+        self.session = self.db.sessions()
+        self.session.begin()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.session.in_transaction():
+                self.session.rollback()
+        finally:
+            self.session.close()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def lock(self, stmt: Any) -> Any:
+        """``stmt`` with FOR UPDATE on PostgreSQL (SQLite transactions are already exclusive)."""
+        return stmt.with_for_update() if self.db.postgres else stmt
+
+
+@contextmanager
+def transaction(db: Database) -> Iterator[Session]:
+    """A session in a transaction that commits if the block succeeds."""
+    with db.uow() as uow:
+        yield uow.session
+        uow.commit()
