@@ -17,10 +17,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context
 
 from tallypurse.card.card import Card
 from tallypurse.card.storage import Eeprom
-from tallypurse.core import crypto, scp03
+from tallypurse.core import crypto, scp03, tlv
 from tallypurse.core import sw as SW
 from tallypurse.core.apdu import Command, Response
 from tallypurse.core.messages import (
@@ -45,6 +46,9 @@ from tallypurse.core.protocol import (
     PURSE_AID,
     SD_MODULE_AID,
     SD_PACKAGE_AID,
+    T_CAP,
+    T_CREDIT_RECORD,
+    T_OFFLINE_LIMIT,
     CertRole,
     Ins,
     TxType,
@@ -54,6 +58,7 @@ from tallypurse.core.purse_client import PurseClient
 from tallypurse.core.transport import ApduClient
 from tallypurse.host.tsm.channel import SecureChannel, lv
 from tallypurse.host.tsm.keys import app_key, isd_keys, sd_keys
+from tallypurse.host.tsm.personalise import signed_credit_record
 from tallypurse.keystore.base import HOST_LOAD
 from tallypurse.lab import YEAR, Lab
 
@@ -130,7 +135,8 @@ def exchange(card: Card, raw: bytes) -> Response:
     out = card.transmit(raw)
     assert isinstance(out, bytes) and len(out) >= 2
     resp = Response.parse(out)
-    event(f"SW {resp.sw:04X}")
+    if currently_in_test_context():
+        event(f"SW {resp.sw:04X}")
     if resp.sw != SW.OK:
         assert card.eeprom.snapshot() == before, f"{resp.sw:04X} changed the card"
     return resp
@@ -160,8 +166,38 @@ les = st.one_of(st.none(), st.sampled_from([0, 1, 256, 65536]))
 @st.composite
 def commands(draw: st.DrawFn) -> bytes:
     return apdu(
-        draw(classes), draw(instructions), draw(parameters), draw(parameters), draw(datas),
+        draw(classes),
+        draw(instructions),
+        draw(parameters),
+        draw(parameters),
+        draw(datas),
         draw(les),
+    )
+
+
+GP_INSTRUCTIONS = [
+    Ins.INSTALL,
+    Ins.DELETE,
+    Ins.PUT_KEY,
+    Ins.GET_STATUS,
+    Ins.SET_STATUS,
+    Ins.STORE_DATA,
+    Ins.GET_DATA,
+    Ins.EXTERNAL_AUTHENTICATE,
+    Ins.INITIALIZE_UPDATE,
+]
+
+
+@st.composite
+def managed_commands(draw: st.DrawFn) -> Command:
+    """Plain card-management commands, to be wrapped in a secure channel."""
+    return Command(
+        draw(st.one_of(st.just(CLA_PROPRIETARY), bytes_)),
+        draw(st.one_of(st.sampled_from([int(i) for i in GP_INSTRUCTIONS]), bytes_)),
+        draw(parameters),
+        draw(parameters),
+        draw(st.binary(max_size=120)),
+        draw(st.sampled_from([None, 0])),
     )
 
 
@@ -170,7 +206,9 @@ def mutations(draw: st.DrawFn, valid: bytes) -> bytes:
     """1 to 3 of: flip a bit, truncate, extend, overwrite a byte."""
     out = bytearray(valid)
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["flip", "truncate", "extend", "overwrite"]))
+        kind = draw(
+            st.sampled_from(["flip", "flip", "overwrite", "overwrite", "truncate", "extend"])
+        )
         if kind == "flip" and out:
             i = draw(st.integers(0, len(out) - 1))
             out[i] ^= 1 << draw(st.integers(0, 7))
@@ -223,15 +261,17 @@ def test_random_commands_to_every_applet_and_domain_never_break_the_card(
 
 
 @FUZZ
-@given(raws=st.lists(commands(), min_size=1, max_size=3))
+@given(
+    target=st.sampled_from([ISD_AID, OPERATOR_SD_AID]),
+    cmds=st.lists(managed_commands(), min_size=1, max_size=3),
+)
 def test_random_commands_inside_an_open_secure_channel_never_break_the_card(
-    world: World, raws: list[bytes]
+    world: World, target: bytes, cmds: list[Command]
 ) -> None:
     card = world.card()
-    channel = open_channel(world, card, ISD_AID)
-    for raw in raws:
-        cmd = Command.parse(raw)
-        plain = Command(cmd.cla & ~0x04 & 0xFF, cmd.ins, cmd.p1, cmd.p2, cmd.data[:200], cmd.le)
+    channel = open_channel(world, card, target)
+    for cmd in cmds:
+        plain = Command(cmd.cla & ~0x04 & 0xFF, cmd.ins, cmd.p1, cmd.p2, cmd.data, cmd.le)
         exchange(card, channel.session.wrap(plain).to_bytes())
 
 
@@ -239,8 +279,10 @@ def test_random_commands_inside_an_open_secure_channel_never_break_the_card(
 
 
 def open_channel(world: World, card: Card, aid: bytes) -> SecureChannel:
-    keys = isd_keys(world.lab.keystore, world.serial) if aid == ISD_AID else sd_keys(
-        world.lab.keystore, world.serial
+    keys = (
+        isd_keys(world.lab.keystore, world.serial)
+        if aid == ISD_AID
+        else sd_keys(world.lab.keystore, world.serial)
     )
     return SecureChannel.open(ApduClient(card), aid, keys, host_challenge=HOST_CHALLENGE)
 
@@ -279,12 +321,9 @@ def sign_load(world: World, auth: bytes) -> bytes:
     return ks.sign(ref, domain(LoadAuthorisation.MSG) + auth) + ks.certificate(ref).encode()
 
 
-@dataclass
-class Kind:
-    """How to bring a fresh card to where a command is valid, and the command: its
-    plain body, and how a body becomes an authentic APDU (signed, sealed, wrapped)."""
-
-    setup: Callable[[World, Card], tuple[bytes, Callable[[bytes], bytes]]]
+# A kind of command: brings a fresh card to where the command is valid and returns the
+# command's plain body and how a body becomes an authentic APDU (signed, sealed, wrapped).
+Kind = Callable[[World, Card], tuple[bytes, Callable[[bytes], bytes]]]
 
 
 def debit_kind(world: World, card: Card) -> tuple[bytes, Callable[[bytes], bytes]]:
@@ -349,11 +388,15 @@ def install_domain_kind(world: World, card: Card) -> tuple[bytes, Callable[[byte
     keys = isd_keys(world.lab.keystore, world.serial)
     channel = open_channel(world, card, ISD_AID)
     new = scp03.StaticKeys(0x30, bytes(16), bytes(range(16)), bytes(range(16, 32)))
-    params = b"\xc9" + bytes([2 + 70]) + b"\xda" + bytes([70]) + scp03.encode_key_set(
-        keys.dek, new
+    params = tlv.encode(0xC9, tlv.encode(0xDA, scp03.encode_key_set(keys.dek, new)))
+    body = lv(
+        SD_PACKAGE_AID,
+        SD_MODULE_AID,
+        b"\xf0\x54\x50\x53\x44\x00\x09",
+        bytes([PRIV_SECURITY_DOMAIN]),
+        params,
+        b"",
     )
-    body = lv(SD_PACKAGE_AID, SD_MODULE_AID, b"\xf0\x54\x50\x53\x44\x00\x09",
-              bytes([PRIV_SECURITY_DOMAIN]), params, b"")
 
     def build(b: bytes) -> bytes:
         cmd = Command(CLA_PROPRIETARY, Ins.INSTALL, INSTALL_FOR_INSTALL_AND_SELECTABLE, 0, b, 0)
@@ -375,7 +418,26 @@ def put_key_kind(world: World, card: Card) -> tuple[bytes, Callable[[bytes], byt
     return body, build
 
 
-KINDS: dict[str, Callable[[World, Card], tuple[bytes, Callable[[bytes], bytes]]]] = {
+def store_data_kind(world: World, card: Card) -> tuple[bytes, Callable[[bytes], bytes]]:
+    channel = open_channel(world, card, OPERATOR_SD_AID)
+    channel.install_for_personalisation(PURSE_AID)
+    record = world.lab.credit_record(world.serial, version=9, grade=3)
+    body = tlv.encode_many(
+        [
+            (T_CAP, (50_000).to_bytes(4, "big")),
+            (T_OFFLINE_LIMIT, (2_000).to_bytes(4, "big")),
+            (T_CREDIT_RECORD, signed_credit_record(world.lab.keystore, record)),
+        ]
+    )
+
+    def build(b: bytes) -> bytes:
+        cmd = Command(CLA_PROPRIETARY, Ins.STORE_DATA, 0x80, 0x03, b, 0)
+        return channel.session.wrap(cmd).to_bytes()
+
+    return body, build
+
+
+KINDS: dict[str, Kind] = {
     "DEBIT": debit_kind,
     "CANCEL": cancel_kind,
     "ONLINE AUTHORISE": online_kind,
@@ -384,6 +446,7 @@ KINDS: dict[str, Callable[[World, Card], tuple[bytes, Callable[[bytes], bytes]]]
     "INSTALL (applet)": install_kind,
     "INSTALL (domain)": install_domain_kind,
     "PUT KEY": put_key_kind,
+    "STORE DATA (purse)": store_data_kind,
 }
 
 
@@ -400,10 +463,17 @@ def test_each_real_command_is_accepted_unmutated(world: World, kind: str) -> Non
 def test_a_mutated_real_command_is_refused_cleanly_or_accepted(
     world: World, kind: str, data: st.DataObject
 ) -> None:
-    """Mutations of the authentic APDU bytes (signatures, MACs and lengths then fail)."""
+    """Mutations of the authentic APDU: of its bytes, or of its data with Lc adjusted
+    (signatures, MACs and lengths then fail)."""
     card = world.card()
     body, build = KINDS[kind](world, card)
-    exchange(card, data.draw(mutations(build(body)), label="apdu"))
+    valid = build(body)
+    if data.draw(st.booleans(), label="whole APDU"):
+        exchange(card, data.draw(mutations(valid), label="apdu"))
+    else:
+        cmd = Command.parse(valid)
+        mutated = data.draw(mutations(cmd.data), label="data")
+        exchange(card, apdu(cmd.cla, cmd.ins, cmd.p1, cmd.p2, mutated, cmd.le))
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

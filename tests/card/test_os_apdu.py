@@ -222,7 +222,7 @@ def test_select_by_partial_aid_selects_the_first_matching_applet(
     assert fci_aid(r.data) == full
 
 
-def test_partial_select_picks_the_next_match_in_aid_order(card: Card, lab: Lab) -> None:
+def test_partial_select_picks_the_first_match_in_aid_order(card: Card, lab: Lab) -> None:
     install_partner_domain(card, lab.keystore, card.serial)
     common = OPERATOR_SD_AID[:6]
     r = select(card, common)

@@ -242,3 +242,9 @@ def test_a_reinstalled_applet_starts_from_empty_storage(multi: Card, lab: Lab) -
     channel.install(package=LOYALTY_PACKAGE_AID, module=LOYALTY_MODULE_AID, aid=LOYALTY_AID)
     assert Store(multi.eeprom, LOYALTY_AID).names() == []
     assert call(multi, LOYALTY_AID, 0x22).data == bytes(4)
+
+
+def test_a_deleted_purse_exports_nothing(multi: Card, lab: Lab) -> None:
+    delete_applet(multi, lab.keystore, multi.serial, ISD_AID, OPERATOR_SD_AID, related=True)
+    assert call(multi, LOYALTY_AID, 0x24).sw == SW.SECURITY_NOT_SATISFIED
+    assert call(multi, LOYALTY_AID, 0x22).data == (7).to_bytes(4, "big")

@@ -158,9 +158,7 @@ def cancel_case(lab: Lab, card: Card, sam: Sam) -> Case:
 def cancel_split_case(lab: Lab, card: Card, sam: Sam) -> Case:
     lab.load(card, 300)
     lab.purchase(card, sam, 300, split=700, tx_type=TxType.CANTEEN)
-    raw = order_apdu(
-        lab, card, sam, CancelOrder, Ins.CANCEL_LAST_DEBIT, 300, 700, TxType.CANTEEN
-    )
+    raw = order_apdu(lab, card, sam, CancelOrder, Ins.CANCEL_LAST_DEBIT, 300, 700, TxType.CANTEEN)
 
     def check(card: Card, answer: bytes) -> None:
         check_proof(8)(card, answer)
@@ -235,9 +233,7 @@ def load_repaying_case(lab: Lab, card: Card, sam: Sam) -> Case:
     return Case(card, load_setup, load_apdu(lab, card, 2_000), check)
 
 
-def write_back_case(
-    lab: Lab, card: Card, action: WriteBackAction, payload: bytes = b""
-) -> Case:
+def write_back_case(lab: Lab, card: Card, action: WriteBackAction, payload: bytes = b"") -> Case:
     sealed = lab.seal_writeback(card.serial, action, payload)
     raw = Command(CLA_PROPRIETARY, Ins.WRITE_BACK, 0, 0, sealed, 0).to_bytes()
     seq = int.from_bytes(sealed[8:12], "big")
@@ -260,9 +256,7 @@ def fail_case(lab: Lab, card: Card, sam: Sam) -> Case:
     lab.load(card, 1_000)
     ref = lab.purchase(card, sam, 1_000, split=500, tx_type=TxType.CANTEEN).result.atc
     lab.load(card, 300)
-    return write_back_case(
-        lab, card, WriteBackAction.FAIL_DEBT, DebtOutcome(ref, 500).to_bytes()
-    )
+    return write_back_case(lab, card, WriteBackAction.FAIL_DEBT, DebtOutcome(ref, 500).to_bytes())
 
 
 def credit_record_case(lab: Lab, card: Card, sam: Sam) -> Case:
@@ -334,9 +328,7 @@ def test_a_power_cut_at_any_write_leaves_the_purse_before_or_after_the_command(
     assert set(outcomes) == {"before", "after"}, outcomes
 
 
-def test_a_cut_beyond_the_commands_last_write_does_not_fire(
-    lab: Lab, card: Card, sam: Sam
-) -> None:
+def test_a_cut_beyond_the_commands_last_write_does_not_fire(lab: Lab, card: Card, sam: Sam) -> None:
     case = debit_case(lab, card, sam)
     image = case.base.eeprom.to_image()
     probe = copy_of(image)

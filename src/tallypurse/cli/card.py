@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,6 +14,7 @@ import typer
 
 from tallypurse.card.card import Card
 from tallypurse.card.os import CardOS
+from tallypurse.card.vpcd import VPCD_PORT, VpcdCardServer
 from tallypurse.core.errors import TallypurseError
 from tallypurse.core.money import Money, currency, currency_by_numeric, format_minor
 from tallypurse.core.protocol import ISD_AID, PRIV_SECURITY_DOMAIN, AppLifeCycle, CardLifeCycle
@@ -183,3 +187,47 @@ def info(
                     f"{'PENDING' if d['state'] == 1 else 'FAILED'}"
                 )
         typer.echo(f"  log: {len(data['log'])} records")
+
+
+@app.command("serve")
+def serve(
+    card_file: Annotated[Path, typer.Argument(help="Card file.")],
+    host: Annotated[str, typer.Option(help="Where vpcd listens.")] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="vpcd's port (reader.conf.d/vpcd).")
+    ] = VPCD_PORT,
+) -> None:
+    """Put CARD_FILE in the field of the vsmartcard virtual reader (pcscd + vpcd).
+
+    Connects to vpcd, answers its APDUs with the card and saves the card file after
+    every change; reconnects whenever vpcd goes away and comes back; stops cleanly on
+    Ctrl-C or SIGTERM.
+    """
+    try:
+        card = Card.open(card_file)
+    except TallypurseError as exc:
+        fail(exc.message)
+    logger = logging.getLogger("tallypurse.card.vpcd")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    server = VpcdCardServer(card, host, port)
+
+    def on_signal(signum: int, frame: object) -> None:
+        server.stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    typer.echo(
+        f"serving card {card.serial.hex()} from {card_file} to vpcd at {host}:{port} "
+        "(Ctrl-C to stop)",
+        err=True,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        for sig, handler_ in previous.items():
+            signal.signal(sig, handler_)
+        card.save()
+    typer.echo(f"stopped after {server.apdus} APDUs; {card_file} saved", err=True)

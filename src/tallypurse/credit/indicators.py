@@ -214,7 +214,7 @@ INDICATORS: dict[str, IndicatorInfo] = {
         IndicatorInfo(
             "avg_online_balance_minor", "R08", "low average online-account balance", True, "-"
         ),
-        IndicatorInfo("splits_taken", "R09", "split debts taken", None, "-"),
+        IndicatorInfo("splits_taken", "R09", "short history of split debts", None, "-"),
         IndicatorInfo(
             "splits_settled_online", "R10", "few split debts repaid from the online account",
             True, "-",

@@ -232,7 +232,7 @@ class Scorecard:
 
     def points_table(self) -> list[tuple[str, str, int]]:
         """(indicator, bin, points) for every bin, for showing the scorecard."""
-        rows = []
+        rows: list[tuple[str, str, int]] = []
         for c in self._indicators:
             rows.extend((c.name, label, p) for label, p in zip(c.labels, c.points, strict=True))
             if c.missing_points is not None:
@@ -472,12 +472,17 @@ def load_scorecard(path: Path) -> Scorecard:
     return loads_scorecard(text, str(path))
 
 
-def builtin_scorecard(version: str = DEFAULT_MODEL) -> Scorecard:
-    """A scorecard shipped with tallypurse (``expert-v1``)."""
+def builtin_scorecard_text(version: str = DEFAULT_MODEL) -> str:
+    """The file of a scorecard shipped with tallypurse (``expert-v1``), comments and all."""
     res = resources.files("tallypurse.credit").joinpath("scorecards", f"{version}.toml")
     if not res.is_file():
         raise ScorecardError(f"no built-in scorecard {version!r}")
-    return loads_scorecard(res.read_text(encoding="utf-8"), f"{version}.toml (built in)")
+    return res.read_text(encoding="utf-8")
+
+
+def builtin_scorecard(version: str = DEFAULT_MODEL) -> Scorecard:
+    """A scorecard shipped with tallypurse (``expert-v1``)."""
+    return loads_scorecard(builtin_scorecard_text(version), f"{version}.toml (built in)")
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -503,6 +508,10 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def _whole(x: float) -> int | float:
+    return int(x) if float(x).is_integer() else x
+
+
 def _render(spec: ScorecardSpec) -> str:
     a, b, c, d = spec.grade_floors
     lines = [
@@ -512,12 +521,12 @@ def _render(spec: ScorecardSpec) -> str:
         "[model]",
         f"version = {_toml_value(spec.version)}",
         f"kind = {_toml_value(spec.kind)}",
-        f"description = {_toml_value(spec.description)}",
+        *([f"description = {_toml_value(spec.description)}"] if spec.description else []),
         "",
         "[scaling]",
-        f"base_score = {_toml_value(spec.scaling.base_score)}",
-        f"base_odds = {_toml_value(spec.scaling.base_odds)}",
-        f"pdo = {_toml_value(spec.scaling.pdo)}",
+        f"base_score = {_toml_value(_whole(spec.scaling.base_score))}",
+        f"base_odds = {_toml_value(_whole(spec.scaling.base_odds))}",
+        f"pdo = {_toml_value(_whole(spec.scaling.pdo))}",
         "",
         "[grades]",
         f"A = {a}",
@@ -539,8 +548,7 @@ def _render(spec: ScorecardSpec) -> str:
         for bin_ in ind.bins:
             item: dict[str, Any] = {}
             if bin_.below is not None:
-                below = bin_.below
-                item["below"] = int(below) if float(below).is_integer() else below
+                item["below"] = _whole(bin_.below)
             item["woe"] = bin_.woe
             if bin_.label:
                 item["label"] = bin_.label

@@ -77,7 +77,8 @@ class Declined(TerminalError):
     code = 1401
 
     def __init__(self, reason: DeclineCode, detail: str = "") -> None:
-        super().__init__(f"declined {reason.label} {reason.text}" + (f": {detail}" if detail else ""))
+        tail = f": {detail}" if detail else ""
+        super().__init__(f"declined {reason.label} {reason.text}{tail}")
         self.reason = reason
         self.detail = detail
 

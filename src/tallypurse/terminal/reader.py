@@ -86,7 +86,7 @@ class PcscReader:
     @staticmethod
     def _smartcard() -> Any:
         try:
-            import smartcard.System  # type: ignore[import-not-found]
+            import smartcard.System
         except ImportError as exc:  # pragma: no cover - depends on the machine
             raise TerminalError(
                 "PC/SC needs pyscard: install the 'pcsc' extra (pyscard, pcscd)"

@@ -1,0 +1,403 @@
+"""Agent debits: the online remainder of split purchases, and how the host collects it.
+
+A terminal forwards each split remainder, as the cardholder's agent, with an
+idempotency key bound to a hash of the payload. The host checks the card's
+signed record of the split debit, then:
+
+1. pays the merchant at once (credit receivable -> merchant payable): the
+   operator carries the credit risk;
+2. debits the cardholder's online account if it holds enough;
+3. otherwise asks the bank connector for a direct debit on the linked
+   account (asynchronous: the outcome may come later);
+4. if there is no linked account or the bank refuses, the debt goes to
+   collection: it stays a receivable on the ledger, a credit event is
+   recorded, and after ``collection_blacklist_after_s`` the card is
+   blacklisted.
+
+Every outcome is published as a write-back (settle or fail the card's debt
+slot). The debt is unique per (card, ATC) whoever reports it first: the agent
+debit, or clearing when the split debit's batch arrives before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tallypurse.core.errors import BadInput, DecodeError
+from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
+from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
+from tallypurse.core.protocol import EventKind, TxType
+from tallypurse.host.bank import BankAnswer, BankUnavailable, DirectDebit, Outcome
+from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt
+from tallypurse.host.errors import (
+    CONFLICT,
+    CURRENCY_MISMATCH,
+    IDEMPOTENCY_CONFLICT,
+    NOT_FOUND,
+    RECORD_INVALID,
+    RECORD_MISMATCH,
+    HostError,
+)
+from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
+
+from .common import hex_bytes, log_event, new_id, numeric_currency, payload_hash
+
+if TYPE_CHECKING:
+    from tallypurse.host.service import Host
+
+OPEN_STATES = ("open", "bank_pending", "collection")
+
+
+def verify_record(card: Card, raw: bytes) -> SignedEvent:
+    """Parse a card-signed event and check its TAC with the card's certified key."""
+    try:
+        signed = SignedEvent.parse(raw)
+    except DecodeError as exc:
+        raise HostError(RECORD_INVALID, f"card record: {exc.message}") from None
+    if signed.event.card_id.hex() != card.card_id:
+        raise HostError(RECORD_MISMATCH, "the record is another card's")
+    if not signed.verify(bytes.fromhex(card.public_key)):
+        raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
+    return signed
+
+
+@dataclass(frozen=True, slots=True)
+class DebtView:
+    id: str
+    card_id: str
+    atc: int
+    amount: int
+    currency: str
+    status: str
+    merchant_id: str
+
+
+class AgentDebits:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    # --- the terminal's request ----------------------------------------------------------------------
+    def submit(self, terminal_id: str, req: AgentDebitRequest) -> AgentDebitAck:
+        digest = payload_hash(req)
+        for attempt in range(3):
+            try:
+                ack, pending = self._submit(terminal_id, req, digest)
+                break
+            except IntegrityError:  # a concurrent twin won the race: answer as a duplicate
+                if attempt == 2:
+                    raise
+        for instruction in pending:
+            self.process_instruction(instruction)
+        return ack
+
+    def _submit(self, terminal_id: str, req: AgentDebitRequest,
+                digest: str) -> tuple[AgentDebitAck, list[str]]:
+        with self.host.uow() as uow:
+            s = uow.session
+            prior = s.scalar(select(Debt).where(Debt.terminal_id == terminal_id,
+                                                Debt.idempotency_key == req.idempotency_key))
+            if prior is not None:
+                if prior.payload_hash != digest:
+                    raise HostError(IDEMPOTENCY_CONFLICT,
+                                    "this idempotency key was used for another agent debit")
+                return AgentDebitAck(idempotency_key=req.idempotency_key, status="duplicate",
+                                     debt_id=prior.id), []
+            card = self.host.registry.card(s, req.card_id)
+            event = self._check(card, terminal_id, req)
+            merchant_id = self.host.tms.merchant_of(s, terminal_id)
+            same = s.scalar(select(Debt).where(Debt.card_id == card.card_id,
+                                               Debt.atc == req.atc))
+            if same is not None:
+                # Clearing (or another key) reported this split first: no second effect.
+                if same.amount != req.amount:
+                    raise HostError(CONFLICT, "a debt for this card and ATC has another amount")
+                status = "duplicate"
+                if same.idempotency_key is None:
+                    same.idempotency_key, same.payload_hash = req.idempotency_key, digest
+                    status = "accepted"
+                uow.commit()
+                return AgentDebitAck(idempotency_key=req.idempotency_key, status=status,
+                                     debt_id=same.id), []
+            debt = self._open(s, card, event, terminal_id, merchant_id, origin="agent",
+                              key=req.idempotency_key, digest=digest)
+            pending = self._collect(s, card, debt)
+            uow.commit()
+        log_event("agent_debit", terminal=terminal_id, card=req.card_id, atc=req.atc,
+                  amount=req.amount, debt=debt.id, status=debt.status)
+        return AgentDebitAck(idempotency_key=req.idempotency_key, status="accepted",
+                             debt_id=debt.id), pending
+
+    def _check(self, card: Card, terminal_id: str, req: AgentDebitRequest) -> CardEvent:
+        if card.currency != req.currency:
+            raise HostError(CURRENCY_MISMATCH, f"the card's currency is {card.currency}")
+        if req.amount <= 0:
+            raise HostError(RECORD_MISMATCH, "an agent debit is for a positive amount")
+        event = verify_record(card, hex_bytes(req.record, "record")).event
+        try:
+            tx_type = TxType.parse(req.tx_type)
+        except BadInput as exc:
+            raise HostError(RECORD_MISMATCH, exc.message) from None
+        if (event.kind != EventKind.DEBIT or event.atc != req.atc or event.split != req.amount
+                or event.terminal_id.hex() != terminal_id or event.tx_type != tx_type
+                or event.currency != numeric_currency(req.currency)):
+            raise HostError(RECORD_MISMATCH, "the card's record does not match this agent debit")
+        return event
+
+    # --- opening, collecting, closing debts ------------------------------------------------------------
+    def _open(self, s: Session, card: Card, event: CardEvent, terminal_id: str, merchant_id: str,
+              *, origin: str, key: str | None = None, digest: str | None = None,
+              status: str = "open", atc: int | None = None) -> Debt:
+        """Record the debt of a split debit (``atc`` overrides the event's, for a cancel)."""
+        now = self.host.now()
+        atc = event.atc if atc is None else atc
+        debt = Debt(id=new_id("debt"), card_id=card.card_id, atc=atc, amount=event.split,
+                    currency=card.currency, terminal_id=terminal_id, merchant_id=merchant_id,
+                    cardholder_id=card.cardholder_id, tx_type=event.tx_type,
+                    idempotency_key=key, payload_hash=digest, status=status, origin=origin,
+                    event_time=event.time, created=now, updated=now, repaid=0)
+        s.add(debt)
+        s.flush()  # the unique (card, atc) and (terminal, key) decide races here
+        if status == "open":
+            Ledger(s, now).post(Entry("debt_open", debt.id, [
+                (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), debt.amount),
+                (Acct(Kind.MERCHANT_PAYABLE, merchant_id, debt.currency), -debt.amount),
+            ], value_time=event.time, merchant_id=merchant_id, card_id=card.card_id,
+                memo=f"split remainder of ATC {atc}"))
+        return debt
+
+    def _collect(self, s: Session, card: Card, debt: Debt) -> list[str]:
+        """First attempt: online account, else a bank instruction, else collection.
+        Returns bank instruction ids to submit after commit."""
+        now = self.host.now()
+        ledger = Ledger(s, now)
+        if debt.cardholder_id is not None:
+            online = Acct(Kind.ONLINE, debt.cardholder_id, debt.currency)
+            if -ledger.balance(online, lock=True) >= debt.amount:
+                ledger.post(Entry("debt_collect_online", debt.id, [
+                    (online, debt.amount),
+                    (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), -debt.amount),
+                ], value_time=now, card_id=debt.card_id))
+                self._settled(s, card, debt, "settled", "debt_settled_online")
+                return []
+            account = self.host.registry.bank_account(s, debt.cardholder_id)
+            if account is not None:
+                instruction = BankInstruction(
+                    id=new_id("DD", 12)[:35], kind="direct_debit", debt_id=debt.id,
+                    amount=debt.amount, currency=debt.currency, iban=account.iban,
+                    status="new", created=now, updated=now)
+                s.add(instruction)
+                debt.status, debt.updated = "bank_pending", now
+                return [instruction.id]
+        self._to_collection(s, card, debt, "no online funds and no bank account")
+        return []
+
+    def _settled(self, s: Session, card: Card, debt: Debt, status: str, event: str) -> None:
+        debt.status, debt.updated = status, self.host.now()
+        self._credit_event(s, debt, event)
+        self.host.writebacks.publish(s, card, "settle_debt",
+                                     DebtOutcome(debt.atc, debt.amount).to_bytes(),
+                                     debt_id=debt.id)
+
+    def _to_collection(self, s: Session, card: Card, debt: Debt, why: str) -> None:
+        now = self.host.now()
+        debt.status, debt.updated, debt.collection_since = "collection", now, now
+        self._credit_event(s, debt, "debt_collection")
+        self.host.writebacks.publish(s, card, "fail_debt",
+                                     DebtOutcome(debt.atc, debt.amount).to_bytes(),
+                                     debt_id=debt.id)
+        log_event("debt_collection", debt=debt.id, card=card.card_id, why=why)
+
+    def _credit_event(self, s: Session, debt: Debt, kind: str, amount: int | None = None) -> None:
+        s.add(CreditEvent(cardholder_id=debt.cardholder_id, card_id=debt.card_id, kind=kind,
+                          amount=debt.amount if amount is None else amount, reference=debt.id,
+                          created=self.host.now()))
+
+    # --- from clearing -------------------------------------------------------------------------------------
+    def open_from_clearing(self, s: Session, card: Card, event: CardEvent, terminal_id: str,
+                           merchant_id: str) -> list[str]:
+        """A split debit seen in a batch: open its debt unless the agent debit did."""
+        if s.scalar(select(Debt.id).where(Debt.card_id == card.card_id,
+                                          Debt.atc == event.atc)) is not None:
+            return []
+        debt = self._open(s, card, event, terminal_id, merchant_id, origin="clearing")
+        return self._collect(s, card, debt)
+
+    def cancel(self, s: Session, card: Card, cancel: CardEvent, terminal_id: str,
+               merchant_id: str) -> None:
+        """A cancelled split debit: the card freed its debt slot; undo the debt."""
+        atc = cancel.atc - 1
+        debt = s.scalar(select(Debt).where(Debt.card_id == card.card_id, Debt.atc == atc))
+        now = self.host.now()
+        if debt is None:  # the agent debit has not arrived: leave a tombstone for it
+            self._open(s, card, cancel, terminal_id, merchant_id, origin="clearing",
+                       status="cancelled", atc=atc)
+            return
+        ledger = Ledger(s, now)
+        payable = Acct(Kind.MERCHANT_PAYABLE, debt.merchant_id, debt.currency)
+        if debt.status in ("open", "bank_pending", "collection"):
+            ledger.post(Entry("debt_cancel", debt.id, [
+                (payable, debt.amount - debt.repaid),
+                (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), -(debt.amount - debt.repaid)),
+            ], value_time=cancel.time, merchant_id=debt.merchant_id, card_id=debt.card_id))
+            if debt.repaid and debt.cardholder_id is not None:
+                self._refund(ledger, debt, debt.repaid, cancel.time)
+        elif debt.status in ("settled", "settled_bank", "repaid") and debt.cardholder_id:
+            self._refund(ledger, debt, debt.amount, cancel.time)
+        else:
+            return
+        debt.status, debt.updated = "cancelled", now
+        self.host.writebacks.withdraw_for_debt(s, debt.id)
+        self._credit_event(s, debt, "debt_cancelled")
+
+    def _refund(self, ledger: Ledger, debt: Debt, amount: int, when: int) -> None:
+        """Give a collected amount back to the online account (the merchant pays it back)."""
+        assert debt.cardholder_id is not None
+        ledger.post(Entry("debt_refund", debt.id, [
+            (Acct(Kind.MERCHANT_PAYABLE, debt.merchant_id, debt.currency), amount),
+            (Acct(Kind.ONLINE, debt.cardholder_id, debt.currency), -amount),
+        ], value_time=when, merchant_id=debt.merchant_id, card_id=debt.card_id))
+
+    def repaid_by_load(self, s: Session, card: Card, amount: int) -> None:
+        """A load on the card repaid ``amount`` of its failed debts, oldest first (the
+        ledger side is in the load's own transaction)."""
+        left = amount
+        for debt in s.scalars(select(Debt).where(Debt.card_id == card.card_id,
+                                                 Debt.status == "collection")
+                              .order_by(Debt.atc)):
+            if not left:
+                break
+            pay = min(left, debt.amount - debt.repaid)
+            debt.repaid += pay
+            left -= pay
+            if debt.repaid == debt.amount:
+                debt.status, debt.updated = "repaid", self.host.now()
+                self.host.writebacks.withdraw_for_debt(s, debt.id)
+            self._credit_event(s, debt, "debt_repaid_load", pay)
+        if left:
+            log_event("load_repaid_unknown_debt", card=card.card_id, amount=left)
+
+    # --- the bank ----------------------------------------------------------------------------------------------
+    def process_instruction(self, instruction_id: str) -> str:
+        """Submit a direct debit or ask for its outcome, and book the outcome."""
+        with self.host.uow() as uow:
+            s = uow.session
+            ins = s.get(BankInstruction, instruction_id)
+            if ins is None or ins.status not in ("new", "submitted") or ins.debt_id is None:
+                return ins.status if ins else "unknown"
+            debt = s.get(Debt, ins.debt_id)
+            assert debt is not None
+            account = self.host.registry.bank_account(s, debt.cardholder_id)
+            if account is None:
+                return ins.status
+            order = DirectDebit(ins.id, account.iban, account.bic, account.holder_name,
+                                account.mandate_id, account.mandate_signed, ins.amount,
+                                ins.currency, f"tallypurse {debt.card_id} ATC {debt.atc}")
+            submitted, created, status = ins.status == "submitted", ins.created, ins.status
+        now = self.host.now()
+        try:
+            answer = (self.host.bank.status(order, submitted=created, now=now) if submitted
+                      else self.host.bank.submit_direct_debit(order, now=now))
+        except BankUnavailable:
+            return status
+        return self._book_outcome(instruction_id, answer)
+
+    def _book_outcome(self, instruction_id: str, answer: BankAnswer) -> str:
+        now = self.host.now()
+        with self.host.uow() as uow:
+            s = uow.session
+            ins = s.scalar(uow.lock(select(BankInstruction).where(
+                BankInstruction.id == instruction_id)))
+            if ins is None or ins.debt_id is None:
+                raise HostError(NOT_FOUND, f"no direct debit {instruction_id}")
+            if ins.status not in ("new", "submitted"):
+                return ins.status
+            debt = s.scalar(uow.lock(select(Debt).where(Debt.id == ins.debt_id)))
+            assert debt is not None
+            card = self.host.registry.card(s, debt.card_id)
+            ins.updated = now
+            if answer.outcome == Outcome.PENDING:
+                ins.status = "submitted"
+            elif answer.outcome == Outcome.SETTLED:
+                ins.status = "settled"
+                ledger = Ledger(s, now)
+                ledger.post(Entry("debt_collect_bank", debt.id, [
+                    (Acct.system(Kind.BANK_CLEARING, debt.currency), ins.amount),
+                    (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), -ins.amount),
+                ], value_time=now, card_id=debt.card_id))
+                if debt.status == "cancelled" and debt.cardholder_id is not None:
+                    # Cancelled while the bank worked: the money goes to the online account.
+                    ledger.post(Entry("debt_refund_bank", debt.id, [
+                        (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), ins.amount),
+                        (Acct(Kind.ONLINE, debt.cardholder_id, debt.currency), -ins.amount),
+                    ], value_time=now, card_id=debt.card_id))
+                elif debt.status in OPEN_STATES:
+                    self._settled(s, card, debt, "settled_bank", "debt_settled_bank")
+            else:
+                ins.status, ins.reason = "failed", answer.reason[:100]
+                if debt.status == "bank_pending":
+                    self._to_collection(s, card, debt, f"bank: {answer.reason}")
+            uow.commit()
+            return ins.status
+
+    def record_bank_outcome(self, instruction_id: str, settled: bool, reason: str = "") -> str:
+        """Book the bank's answer to a direct debit sent in a pain.008 file."""
+        return self._book_outcome(instruction_id, BankAnswer(
+            Outcome.SETTLED if settled else Outcome.FAILED, reason))
+
+    def process_bank(self) -> dict[str, int]:
+        """Submit new direct debits and fetch outcomes of submitted ones."""
+        with self.host.uow() as uow:
+            ids = list(uow.session.scalars(select(BankInstruction.id).where(
+                BankInstruction.kind == "direct_debit",
+                BankInstruction.status.in_(("new", "submitted")))))
+        counts: dict[str, int] = {}
+        for iid in ids:
+            status = self.process_instruction(iid)
+            counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    def sweep_collections(self) -> int:
+        """Blacklist the cards of debts in collection for longer than the limit."""
+        limit = self.host.now() - self.host.settings.collection_blacklist_after_s
+        done = 0
+        with self.host.uow() as uow:
+            s = uow.session
+            for debt in s.scalars(select(Debt).where(Debt.status == "collection",
+                                                     Debt.collection_since <= limit)):
+                card = self.host.registry.card(s, debt.card_id, lock=True)
+                if self.host.lists.blacklist(s, card, "defaulted"):
+                    self._credit_event(s, debt, "defaulted")
+                    done += 1
+            uow.commit()
+        return done
+
+    def write_off(self, debt_id: str) -> None:
+        """Give up a debt in collection: the receivable becomes a loss."""
+        now = self.host.now()
+        with self.host.uow() as uow:
+            s = uow.session
+            debt = s.scalar(uow.lock(select(Debt).where(Debt.id == debt_id)))
+            if debt is None:
+                raise HostError(NOT_FOUND, f"no debt {debt_id}")
+            if debt.status != "collection":
+                raise HostError(CONFLICT, f"debt is {debt.status}, not in collection")
+            left = debt.amount - debt.repaid
+            Ledger(s, now).post(Entry("debt_write_off", debt.id, [
+                (Acct.system(Kind.LOSSES, debt.currency), left),
+                (Acct.system(Kind.CREDIT_RECEIVABLE, debt.currency), -left),
+            ], value_time=now, card_id=debt.card_id))
+            debt.status, debt.updated = "written_off", now
+            self._credit_event(s, debt, "debt_written_off", left)
+            uow.commit()
+
+    def debt(self, debt_id: str) -> DebtView:
+        with self.host.uow() as uow:
+            d = uow.session.get(Debt, debt_id)
+            if d is None:
+                raise HostError(NOT_FOUND, f"no debt {debt_id}")
+            return DebtView(d.id, d.card_id, d.atc, d.amount, d.currency, d.status, d.merchant_id)

@@ -1,0 +1,53 @@
+"""Small helpers every host service uses: ids, payload hashes, structured logs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from tallypurse.core import crypto
+from tallypurse.core.errors import BadInput
+from tallypurse.core.hostapi import canonical
+from tallypurse.core.money import currency, currency_by_numeric
+
+Clock = Callable[[], int]
+log = logging.getLogger("tallypurse.host")
+
+
+def wall_clock() -> int:
+    return int(time.time())
+
+
+def new_id(prefix: str, nbytes: int = 10) -> str:
+    return f"{prefix}_{secrets.token_hex(nbytes)}"
+
+
+def payload_hash(body: BaseModel) -> str:
+    """SHA-256 of the canonical JSON of a request body: binds an idempotency key."""
+    return crypto.sha256(canonical(body.model_dump(mode="json"))).hex()
+
+
+def log_event(event: str, **fields: Any) -> None:
+    """One structured (JSON) log line."""
+    log.info(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
+
+
+def numeric_currency(code: str) -> int:
+    return currency(code).numeric
+
+
+def alpha_currency(numeric: int) -> str:
+    return currency_by_numeric(numeric).code
+
+
+def hex_bytes(value: str, what: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise BadInput(f"{what} is not hex") from None

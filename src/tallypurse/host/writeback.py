@@ -1,0 +1,128 @@
+"""Write-backs: what the host tells a card through whichever terminal sees it next.
+
+Each action is sealed under the card's APP key (:func:`core.messages.seal_writeback`)
+with the card's next write-back sequence number, published on the action
+list, and withdrawn (an ``op: remove`` entry) once a terminal reports the
+card's MACed receipt. A card refuses a sequence number at or below the last
+one it applied, so when a receipt for number n arrives, every action of that
+card still open below n can no longer be applied: it is withdrawn and sealed
+again with a fresh number.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from tallypurse.core import crypto
+from tallypurse.core.errors import DecodeError
+from tallypurse.core.hostapi import WriteBackReport
+from tallypurse.core.messages import WriteBackHeader, WriteBackReceipt, receipt_mac, seal_writeback
+from tallypurse.core.protocol import WriteBackAction as Action
+from tallypurse.host.db.models import Card
+from tallypurse.host.db.models import WriteBackAction as ActionRow
+from tallypurse.host.errors import NOT_FOUND, RECORD_INVALID, RECORD_MISMATCH, HostError
+from tallypurse.host.lists import ACTIONS
+from tallypurse.host.tsm.keys import app_key
+
+from .common import hex_bytes, log_event
+
+if TYPE_CHECKING:
+    from tallypurse.host.service import Host
+
+KINDS: dict[str, Action] = {
+    "settle_debt": Action.SETTLE_DEBT,
+    "fail_debt": Action.FAIL_DEBT,
+    "credit_record": Action.CREDIT_RECORD,
+    "block": Action.BLOCK,
+    "unblock": Action.UNBLOCK,
+}
+
+
+class WriteBacks:
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def _key(self, card: Card) -> bytes:
+        _, key = app_key(self.host.keys, bytes.fromhex(card.card_id),
+                         version=card.app_key_version)
+        return key
+
+    def _next_seq(self, session: Session, card: Card) -> int:
+        seq = session.execute(
+            update(Card).where(Card.card_id == card.card_id)
+            .values(writeback_seq=Card.writeback_seq + 1).returning(Card.writeback_seq)
+        ).scalar_one()
+        card.writeback_seq = seq
+        return int(seq)
+
+    def publish(self, session: Session, card: Card, kind: str, payload: bytes, *,
+                debt_id: str | None = None) -> ActionRow:
+        """Seal an action for ``card`` and put it on the action list."""
+        seq = self._next_seq(session, card)
+        sealed = seal_writeback(self._key(card), WriteBackHeader(bytes.fromhex(card.card_id), seq,
+                                                                 int(KINDS[kind])), payload)
+        row = ActionRow(action_id=f"wb-{card.card_id}-{seq}", card_id=card.card_id, kind=kind,
+                        seq=seq, payload=payload.hex(), sealed=sealed.hex(), status="pending",
+                        debt_id=debt_id, created=self.host.now())
+        session.add(row)
+        self.host.lists.append(session, ACTIONS, [self._entry(row, "add")])
+        log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
+        return row
+
+    @staticmethod
+    def _entry(row: ActionRow, op: str) -> dict[str, object]:
+        return {"card_id": row.card_id, "op": op, "action_id": row.action_id, "kind": row.kind,
+                "seq": row.seq, "sealed": row.sealed if op == "add" else ""}
+
+    def withdraw(self, session: Session, row: ActionRow, status: str) -> None:
+        row.status = status
+        self.host.lists.append(session, ACTIONS, [self._entry(row, "remove")])
+
+    def withdraw_for_debt(self, session: Session, debt_id: str) -> None:
+        for row in session.scalars(
+            select(ActionRow).where(ActionRow.debt_id == debt_id, ActionRow.status == "pending")
+        ):
+            self.withdraw(session, row, "withdrawn")
+
+    def report(self, terminal_id: str, body: WriteBackReport) -> None:
+        """A terminal says it applied an action: check the card's MAC, close the action."""
+        try:
+            receipt = WriteBackReceipt.parse(hex_bytes(body.receipt, "receipt"))
+        except DecodeError as exc:
+            raise HostError(RECORD_INVALID, f"receipt: {exc.message}") from None
+        mac = hex_bytes(body.mac, "mac")
+        with self.host.uow() as uow:
+            s = uow.session
+            row = s.scalar(uow.lock(select(ActionRow).where(ActionRow.action_id == body.action_id)))
+            if row is None or row.card_id != body.card_id:
+                raise HostError(NOT_FOUND, "no such write-back action for this card")
+            card = s.get(Card, row.card_id)
+            assert card is not None
+            if not crypto.constant_time_equal(mac, receipt_mac(self._key(card), receipt)):
+                raise HostError(RECORD_INVALID, "receipt MAC does not verify")
+            if (receipt.card_id.hex() != row.card_id or receipt.seq != row.seq
+                    or receipt.action != int(KINDS[row.kind])):
+                raise HostError(RECORD_MISMATCH, "receipt is for another action")
+            if row.status == "applied":
+                return  # a repeated report
+            if row.status == "pending":
+                self.withdraw(s, row, "applied")
+            else:  # withdrawn meanwhile, but the card applied it: record that
+                row.status = "applied"
+            row.applied_at = self.host.now()
+            row.receipt = (body.receipt + body.mac)
+            # Everything still open below this number can no longer reach the card.
+            stale = s.scalars(
+                select(ActionRow).where(ActionRow.card_id == row.card_id,
+                                        ActionRow.status == "pending",
+                                        ActionRow.seq < row.seq).order_by(ActionRow.seq)
+            ).all()
+            for old in stale:
+                self.withdraw(s, old, "superseded")
+                self.publish(s, card, old.kind, bytes.fromhex(old.payload), debt_id=old.debt_id)
+            uow.commit()
+        log_event("writeback_applied", terminal=terminal_id, card=body.card_id,
+                  action=body.action_id, result=receipt.result, reissued=len(stale))

@@ -1,0 +1,135 @@
+"""Indicators: computed from plain event lists as of a date, and validated."""
+
+from __future__ import annotations
+
+import pytest
+
+from tallypurse.core.errors import BadInput
+from tallypurse.credit.indicators import (
+    DAY,
+    WEEK,
+    BalanceSnapshot,
+    BlacklistEntry,
+    CardEvaluation,
+    Indicators,
+    SplitDebt,
+    SplitOutcome,
+    Tap,
+    TopUp,
+    compute_indicators,
+)
+
+T0 = 1_767_225_600  # 2026-01-01
+AS_OF = T0 + 28 * WEEK  # 196 days after opening: the 182-day window is full
+
+
+def debts() -> list[SplitDebt]:
+    return [
+        SplitDebt(T0 + 10 * DAY, 500, SplitOutcome.SETTLED_ONLINE, resolved_at=T0 + 11 * DAY),
+        SplitDebt(T0 + 20 * DAY, 800, SplitOutcome.SETTLED_BANK, resolved_at=T0 + 25 * DAY),
+        SplitDebt(T0 + 30 * DAY, 300, SplitOutcome.REPAID_LATE, failed_at=T0 + 35 * DAY,
+                  resolved_at=T0 + 60 * DAY),
+        SplitDebt(T0 + 150 * DAY, 900, SplitOutcome.IN_COLLECTION, failed_at=T0 + 160 * DAY),
+        SplitDebt(T0 + 190 * DAY, 200, SplitOutcome.PENDING),
+        SplitDebt(AS_OF + DAY, 999, SplitOutcome.PENDING),  # after as_of: not seen
+    ]
+
+
+def test_indicators_are_computed_from_event_lists_as_of_a_date() -> None:
+    start = AS_OF - 182 * DAY
+    taps = [Tap(start + w * WEEK + DAY, 250) for w in range(0, 26, 2)]  # every other week
+    taps += [Tap(start - DAY, 100), Tap(AS_OF + DAY, 100)]  # outside the window
+    topups = [TopUp(start + m * 30 * DAY + DAY, 2000 + m) for m in range(6)]
+    balances = [BalanceSnapshot(start + d * DAY, 1000 + d, 5000) for d in range(1, 183)]
+    ind = compute_indicators(
+        as_of=AS_OF, opened_at=T0, taps=taps, topups=topups, balances=balances,
+        debts=debts(),
+        blacklist=[BlacklistEntry(T0 + 40 * DAY, "lost"), BlacklistEntry(AS_OF + 1, "later")],
+        evaluations=[CardEvaluation(T0 + 50 * DAY, 40), CardEvaluation(T0 + 180 * DAY, 72),
+                     CardEvaluation(AS_OF + 5, 10)],
+        bank_account_verified=True,
+    )
+    assert ind.tenure_days == 196
+    assert ind.taps_per_week == pytest.approx(13 / 26)
+    assert ind.activity_regularity == pytest.approx(0.5)
+    assert ind.topups_per_month == pytest.approx(6 / (182 / 30), abs=1e-4)
+    assert ind.topup_regularity == pytest.approx(6 / 7, abs=1e-4)  # 182 days: 7 periods
+    assert ind.avg_topup_minor == 2002  # floor of the mean, integer minor units
+    assert ind.avg_purse_balance_minor == (sum(range(1001, 1183)) // 182)
+    assert ind.avg_online_balance_minor == 5000
+    assert (ind.splits_taken, ind.splits_settled_online, ind.splits_settled_bank) == (5, 1, 1)
+    assert (ind.splits_failed, ind.splits_in_collection) == (2, 1)
+    assert ind.days_since_last_failure == 196 - 160
+    assert ind.bank_account_verified is True
+    assert ind.blacklist_history == 1
+    assert ind.card_evaluation == 72
+
+
+def test_indicators_as_of_an_earlier_date_do_not_see_later_outcomes() -> None:
+    ind = compute_indicators(as_of=T0 + 40 * DAY, opened_at=T0, debts=debts())
+    # the late-repaid debt had failed by then and was not yet repaid: in collection
+    assert (ind.splits_taken, ind.splits_failed, ind.splits_in_collection) == (3, 1, 1)
+    assert ind.days_since_last_failure == 5
+    early = compute_indicators(as_of=T0 + 15 * DAY, opened_at=T0, debts=debts())
+    assert (early.splits_taken, early.splits_settled_online, early.splits_failed) == (1, 1, 0)
+    assert early.days_since_last_failure is None
+
+
+def test_a_new_cardholder_with_no_events_has_neutral_indicators() -> None:
+    ind = compute_indicators(as_of=T0 + 3600, opened_at=T0)
+    assert ind.tenure_days == 0 and ind.taps_per_week == 0 and ind.activity_regularity == 0
+    assert ind.days_since_last_failure is None and ind.card_evaluation is None
+    assert ind.avg_topup_minor == 0 and ind.splits_taken == 0
+
+
+def test_compute_refuses_an_account_opened_after_as_of() -> None:
+    with pytest.raises(BadInput, match="opens after"):
+        compute_indicators(as_of=T0, opened_at=T0 + 1)
+
+
+@pytest.mark.parametrize(("outcome", "failed", "resolved", "message"), [
+    (SplitOutcome.IN_COLLECTION, None, None, "needs failed_at"),
+    (SplitOutcome.SETTLED_ONLINE, T0, T0, "has no failed_at"),
+    (SplitOutcome.SETTLED_BANK, None, None, "needs resolved_at"),
+    (SplitOutcome.PENDING, None, T0, "has no resolved_at"),
+])
+def test_a_split_debt_must_be_consistent_with_its_outcome(outcome: SplitOutcome,
+                                                          failed: int | None,
+                                                          resolved: int | None,
+                                                          message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        SplitDebt(T0, 100, outcome, failed_at=failed, resolved_at=resolved)
+
+
+def test_indicators_read_from_json_or_csv_values_and_round_trip() -> None:
+    ind = compute_indicators(as_of=AS_OF, opened_at=T0, debts=debts())
+    assert Indicators.from_mapping(ind.to_dict()) == ind
+    as_csv = {k: ("" if v is None else str(v).lower() if isinstance(v, bool) else str(v))
+              for k, v in ind.to_dict().items()}
+    assert Indicators.from_mapping(as_csv) == ind
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"tenure": 3}, "unknown indicator"),
+    ({"taps_per_week": -1.0}, "must not be negative"),
+    ({"activity_regularity": 1.5}, "share"),
+    ({"card_evaluation": 101}, "0..100"),
+    ({"splits_taken": 1.5}, "whole number"),
+    ({"bank_account_verified": 1}, "true or false"),
+    ({"tenure_days": None}, "must have a value"),
+    ({"tenure_days": "ten"}, "cannot read"),
+    ({"splits_in_collection": 2}, "cannot exceed splits_failed"),
+])
+def test_bad_indicator_values_are_refused_by_name(change: dict[str, object],
+                                                  message: str) -> None:
+    data = compute_indicators(as_of=AS_OF, opened_at=T0).to_dict()
+    data.update(change)  # type: ignore[arg-type]
+    with pytest.raises(BadInput, match=message):
+        Indicators.from_mapping(data)
+
+
+def test_a_missing_indicator_is_refused_by_name() -> None:
+    data = compute_indicators(as_of=AS_OF, opened_at=T0).to_dict()
+    del data["blacklist_history"]
+    with pytest.raises(BadInput, match="missing indicator.*blacklist_history"):
+        Indicators.from_mapping(data)
