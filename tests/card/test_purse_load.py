@@ -314,3 +314,12 @@ def test_a_load_refused_for_the_cap_repays_nothing(lab: Lab, card: Card, sam: Sa
     auth = authorisation(lab, session, 700 + 100_001)
     assert_refused(card, host_signed(lab, auth), SW.CAP_EXCEEDED)
     assert lab.load(card, 700 + 100_000).event.balance_after == 100_000
+
+
+def test_a_refused_credit_leaves_the_load_session_open_for_a_corrected_one(
+    lab: Lab, card: Card
+) -> None:
+    _, session = begin_load(card)
+    assert_refused(card, host_signed(lab, authorisation(lab, session, 100_001)), SW.CAP_EXCEEDED)
+    raw = host_signed(lab, authorisation(lab, session, 100_000))
+    assert Response.parse(card.transmit(raw)).sw == SW.OK

@@ -255,3 +255,32 @@ def test_a_write_back_with_nonzero_p1_p2_is_refused(lab: Lab, card: Card) -> Non
     raw[3] = 0x01
     purse_of(card)
     assert_refused(card, bytes(raw), SW.INCORRECT_P1P2)
+
+
+def test_a_debt_outcome_with_another_amount_applies_nothing_but_uses_its_sequence(
+    lab: Lab, card: Card, sam: Sam
+) -> None:
+    ref = pending_debt(lab, card, sam, 500)
+    assert lab.settle_debt(card, ref, 499).result == 1
+    assert lab.fail_debt(card, ref, 501).result == 1
+    purse = purse_of(card)
+    assert purse.debts()[0] == DebtSlot(DebtState.PENDING, ref, 500)
+    assert purse.counters().writeback_seq == 2
+
+
+def test_a_partly_repaid_failed_debt_is_settled_with_what_is_left(
+    lab: Lab, card: Card, sam: Sam
+) -> None:
+    ref = pending_debt(lab, card, sam, 500)
+    lab.fail_debt(card, ref, 500)
+    lab.load(card, 200)
+    assert lab.settle_debt(card, ref, 500).result == 1
+    assert lab.settle_debt(card, ref, 300).result == 0
+    assert purse_of(card).debts() == [FREE_SLOT] * 4
+
+
+def test_a_write_back_reaches_a_blocked_purse(lab: Lab, card: Card, sam: Sam) -> None:
+    ref = pending_debt(lab, card, sam, 500)
+    lab.write_back(card, WriteBackAction.BLOCK)
+    assert lab.settle_debt(card, ref, 500).result == 0
+    assert purse_of(card).debts() == [FREE_SLOT] * 4

@@ -82,6 +82,13 @@ def test_a_new_cardholder_with_no_events_has_neutral_indicators() -> None:
     assert ind.avg_topup_minor == 0 and ind.splits_taken == 0
 
 
+def test_events_on_the_opening_day_count_for_a_short_tenure() -> None:
+    ind = compute_indicators(as_of=T0 + 14 * DAY, opened_at=T0, topups=[TopUp(T0, 5000)],
+                             taps=[Tap(T0, 100), Tap(T0 + 13 * DAY, 100)])
+    assert ind.avg_topup_minor == 5000 and ind.topup_regularity == 1.0
+    assert ind.taps_per_week == 1.0 and ind.activity_regularity == 1.0
+
+
 def test_compute_refuses_an_account_opened_after_as_of() -> None:
     with pytest.raises(BadInput, match="opens after"):
         compute_indicators(as_of=T0, opened_at=T0 + 1)
@@ -131,5 +138,5 @@ def test_bad_indicator_values_are_refused_by_name(change: dict[str, object],
 def test_a_missing_indicator_is_refused_by_name() -> None:
     data = compute_indicators(as_of=AS_OF, opened_at=T0).to_dict()
     del data["blacklist_history"]
-    with pytest.raises(BadInput, match="missing indicator.*blacklist_history"):
+    with pytest.raises(BadInput, match=r"missing indicator.*blacklist_history"):
         Indicators.from_mapping(data)

@@ -55,16 +55,17 @@ def _scorecard(model: Path | None, registry: Path | None) -> Scorecard:
 
 def _read_json_arg(text: str) -> Any:
     """A JSON object given inline, as @FILE or a file path, or '-' for stdin."""
+    stripped = text.lstrip()
     if text == "-":
         raw = sys.stdin.read()
-    elif text.startswith("@") or (not text.lstrip().startswith("{") and Path(text).is_file()):
+    elif stripped.startswith(("{", "[")):
+        raw = text
+    else:
         path = Path(text.removeprefix("@"))
         try:
             raw = path.read_text(encoding="utf-8")
         except OSError as exc:
-            fail(f"{path}: cannot read: {exc.strerror}")
-    else:
-        raw = text
+            fail(f"{path}: cannot read indicators: {exc.strerror}")
     try:
         return json.loads(raw)
     except json.JSONDecodeError as exc:

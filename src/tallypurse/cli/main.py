@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, card, demo, keys
+from . import bench, card, credit, demo, keys
 
 app = typer.Typer(
     help="tallypurse: offline-first prepaid-card payments (card, terminal, host).",
@@ -14,6 +14,7 @@ app = typer.Typer(
 app.add_typer(keys.app, name="keys")
 app.add_typer(card.app, name="card")
 app.add_typer(bench.app, name="bench")
+app.add_typer(credit.app, name="credit")
 app.command("demo")(demo.demo)
 
 

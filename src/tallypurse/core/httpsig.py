@@ -118,7 +118,7 @@ def sign_request(
     """
     message = _Message(method, url, {})
     handler = HTTPMessageSigner(signature_algorithm=SamP256)
-    prepared = handler.prepare(  # type: ignore[no-untyped-call]
+    prepared = handler.prepare(
         message,
         key_id=key_id,
         created=dt.datetime.fromtimestamp(created, dt.UTC),
@@ -129,7 +129,7 @@ def sign_request(
         body=body,
     )
     signature = signer(prepared.signature_base)
-    handler.apply(message, prepared, signature)  # type: ignore[no-untyped-call]
+    handler.apply(message, prepared, signature)
     return {name: message.headers[name]
             for name in ("Content-Digest", "Signature-Input", "Signature")}
 
@@ -188,7 +188,7 @@ def verify_request(
     keys = _Keys(resolve_key)
     verifier = _Verifier(signature_algorithm=SamP256, key_resolver=keys)
     try:
-        results: list[VerifyResult] = verifier.verify(  # type: ignore[no-untyped-call]
+        results: list[VerifyResult] = verifier.verify(
             message, max_age=None, expect_tag=TAG, require_components=COVERED, body=body)
     except InvalidSignature as exc:
         cause = exc.__cause__

@@ -323,11 +323,11 @@ def compute_indicators(
     weeks = max(1, math.ceil(span / WEEK))
     months = max(1, math.ceil(span / MONTH))
 
-    tap_times = [t.at for t in taps if start < t.at <= as_of]
-    active_weeks = {(as_of - at) // WEEK for at in tap_times}
-    top = [t for t in topups if start < t.at <= as_of]
-    topup_months = {(as_of - t.at) // MONTH for t in top}
-    snaps = [b for b in balances if start < b.at <= as_of]
+    tap_times = [t.at for t in taps if start <= t.at <= as_of]
+    active_weeks = {min((as_of - at) // WEEK, weeks - 1) for at in tap_times}
+    top = [t for t in topups if start <= t.at <= as_of]
+    topup_months = {min((as_of - t.at) // MONTH, months - 1) for t in top}
+    snaps = [b for b in balances if start <= b.at <= as_of]
 
     past = [d.as_of(as_of) for d in debts if d.taken_at <= as_of]
     outcomes = [outcome for outcome, _ in past]

@@ -22,7 +22,7 @@ debit, or clearing when the split debit's batch arrives before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -81,7 +81,7 @@ class AgentDebits:
     def __init__(self, host: Host) -> None:
         self.host = host
 
-    # --- the terminal's request ----------------------------------------------------------------------
+    # --- the terminal's request -------------------------------------------------------------------
     def submit(self, terminal_id: str, req: AgentDebitRequest) -> AgentDebitAck:
         digest = payload_hash(req)
         for attempt in range(3):
@@ -116,7 +116,7 @@ class AgentDebits:
                 # Clearing (or another key) reported this split first: no second effect.
                 if same.amount != req.amount:
                     raise HostError(CONFLICT, "a debt for this card and ATC has another amount")
-                status = "duplicate"
+                status: Literal["accepted", "duplicate"] = "duplicate"
                 if same.idempotency_key is None:
                     same.idempotency_key, same.payload_hash = req.idempotency_key, digest
                     status = "accepted"
@@ -148,7 +148,7 @@ class AgentDebits:
             raise HostError(RECORD_MISMATCH, "the card's record does not match this agent debit")
         return event
 
-    # --- opening, collecting, closing debts ------------------------------------------------------------
+    # --- opening, collecting, closing debts -------------------------------------------------------
     def _open(self, s: Session, card: Card, event: CardEvent, terminal_id: str, merchant_id: str,
               *, origin: str, key: str | None = None, digest: str | None = None,
               status: str = "open", atc: int | None = None) -> Debt:
@@ -217,7 +217,7 @@ class AgentDebits:
                           amount=debt.amount if amount is None else amount, reference=debt.id,
                           created=self.host.now()))
 
-    # --- from clearing -------------------------------------------------------------------------------------
+    # --- from clearing ----------------------------------------------------------------------------
     def open_from_clearing(self, s: Session, card: Card, event: CardEvent, terminal_id: str,
                            merchant_id: str) -> list[str]:
         """A split debit seen in a batch: open its debt unless the agent debit did."""
@@ -281,14 +281,14 @@ class AgentDebits:
         if left:
             log_event("load_repaid_unknown_debt", card=card.card_id, amount=left)
 
-    # --- the bank ----------------------------------------------------------------------------------------------
+    # --- the bank ---------------------------------------------------------------------------------
     def process_instruction(self, instruction_id: str) -> str:
         """Submit a direct debit or ask for its outcome, and book the outcome."""
         with self.host.uow() as uow:
             s = uow.session
             ins = s.get(BankInstruction, instruction_id)
             if ins is None or ins.status not in ("new", "submitted") or ins.debt_id is None:
-                return ins.status if ins else "unknown"
+                return str(ins.status) if ins else "unknown"
             debt = s.get(Debt, ins.debt_id)
             assert debt is not None
             account = self.host.registry.bank_account(s, debt.cardholder_id)
@@ -315,7 +315,7 @@ class AgentDebits:
             if ins is None or ins.debt_id is None:
                 raise HostError(NOT_FOUND, f"no direct debit {instruction_id}")
             if ins.status not in ("new", "submitted"):
-                return ins.status
+                return str(ins.status)
             debt = s.scalar(uow.lock(select(Debt).where(Debt.id == ins.debt_id)))
             assert debt is not None
             card = self.host.registry.card(s, debt.card_id)
@@ -342,7 +342,7 @@ class AgentDebits:
                 if debt.status == "bank_pending":
                     self._to_collection(s, card, debt, f"bank: {answer.reason}")
             uow.commit()
-            return ins.status
+            return str(ins.status)
 
     def record_bank_outcome(self, instruction_id: str, settled: bool, reason: str = "") -> str:
         """Book the bank's answer to a direct debit sent in a pain.008 file."""

@@ -29,9 +29,9 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import insert, select, tuple_, update
+from sqlalchemy import CursorResult, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -145,7 +145,7 @@ class Clearing:
     def __init__(self, host: Host) -> None:
         self.host = host
 
-    # --- taking card events (shared with load confirmations) -------------------------------------------
+    # --- taking card events (shared with load confirmations) --------------------------------------
     def verify(self, cards: dict[str, Card], raw: bytes) -> SignedEvent:
         """Parse a card record and check its TAC (HostError when it does not verify)."""
         try:
@@ -223,9 +223,9 @@ class Clearing:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
                                     terminal_id=it.terminal_id, record=it.record,
                                     detected_at=now))
-        Ledger(s, now).post_many([e for it in new if (e := self._entry(cards, it)) is not None]
-                                 + [e for it in conflicts
-                                    if (e := self._clone_entry(cards, it)) is not None])
+        entries = [self._entry(cards, it) for it in new]
+        entries += [self._clone_entry(cards, it) for it in conflicts]
+        Ledger(s, now).post_many([entry for entry in entries if entry is not None])
         self._advance(s, cards, new, now)
         for card_id, why in broken.items():
             self._clone(s, cards[card_id], why)
@@ -334,7 +334,7 @@ class Clearing:
                                           LoadRow.auth_id == e.terminal_challenge.hex(),
                                           LoadRow.status == "authorised")
                     .values(status="confirmed", confirmed_at=self.host.now()))
-                if done.rowcount == 0 and not s.scalar(select(LoadRow.id).where(
+                if cast(CursorResult[Any], done).rowcount == 0 and not s.scalar(select(LoadRow.id).where(
                         LoadRow.auth_id == e.terminal_challenge.hex())):
                     s.add(Alert(kind="load_unknown", card_id=it.card_id,
                                 detail=f"load {e.terminal_challenge.hex()} was not authorised "
@@ -343,7 +343,7 @@ class Clearing:
                     self.host.agent.repaid_by_load(s, card, e.split)
         return pending
 
-    # --- batches ----------------------------------------------------------------------------------------
+    # --- batches ----------------------------------------------------------------------------------
     def upload(self, terminal_id: str, batch: BatchUpload) -> BatchAck:
         if batch.terminal_id != terminal_id:
             raise HostError(TERMINAL_MISMATCH, "the batch names another terminal")
@@ -402,7 +402,7 @@ class Clearing:
         tid = terminal.terminal_id
         seqs = [e.seq for e in batch.entries]
         seen = dict(s.execute(select(JournalRecord.seq, JournalRecord.entry_hash).where(
-            JournalRecord.terminal_id == tid, JournalRecord.seq.in_(seqs))).tuples().all())
+            JournalRecord.terminal_id == tid, JournalRecord.seq.in_(seqs))).all())
         card_ids = {e.card_id for e in batch.entries}
         for e in batch.entries:
             if e.record:
@@ -427,7 +427,7 @@ class Clearing:
                     duplicates.append(entry.seq)
                 else:
                     rejected.append(Rejected(seq=entry.seq, code=CONFLICT.code,
-                                             reason="journal number already used for another entry"))
+                                             reason="journal number used for another entry"))
                 continue
             try:
                 incoming = self._check_entry(cards, terminal, entry)

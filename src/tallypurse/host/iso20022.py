@@ -98,7 +98,7 @@ def _document(namespace: str, body: str) -> tuple[ET.Element, ET.Element]:
 
 def _bytes(root: ET.Element) -> bytes:
     ET.indent(root)
-    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
 
 def _total(amounts: Sequence[int], code: str) -> str:

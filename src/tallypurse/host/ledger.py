@@ -33,9 +33,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -223,7 +223,7 @@ class Ledger:
                                  "currency": acct.currency})
                 deltas[aid] += amount
         self.session.execute(insert(Posting), postings)
-        table = Account.__table__
+        table = cast(Table, Account.__table__)
         changes = [{"b_id": aid, "b_delta": d} for aid, d in sorted(deltas.items()) if d]
         if changes:
             self.session.execute(

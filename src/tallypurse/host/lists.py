@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.hostapi import ActionEntry, BlacklistEntry, SignedList
@@ -49,7 +49,7 @@ class Lists:
         now = self.host.now()
         rows = [{"list_name": name, "version": first + i, "created": now, "reason": "", **e}
                 for i, e in enumerate(entries)]
-        session.execute(ListEntry.__table__.insert(), rows)
+        session.execute(insert(ListEntry), rows)
         return int(head)
 
     def blacklist(self, session: Session, card: Card, reason: str) -> bool:
@@ -107,11 +107,13 @@ class Lists:
         actions: list[ActionEntry] = []
         for r in entries:
             if name == BLACKLIST:
-                blacklist.append(BlacklistEntry(card_id=r.card_id, op=r.op, reason=r.reason))
+                blacklist.append(BlacklistEntry.model_validate(
+                    {"card_id": r.card_id, "op": r.op, "reason": r.reason}))
             else:
-                actions.append(ActionEntry(action_id=r.action_id or "", card_id=r.card_id,
-                                           op=r.op, kind=r.kind or "settle_debt",
-                                           seq=r.seq or 0, sealed=r.sealed or ""))
+                actions.append(ActionEntry.model_validate(
+                    {"action_id": r.action_id or "", "card_id": r.card_id, "op": r.op,
+                     "kind": r.kind or "settle_debt", "seq": r.seq or 0,
+                     "sealed": r.sealed or ""}))
         return SignedList(kind=name, from_version=since, to_version=head, full=full,
                           blacklist=blacklist, actions=actions, issued=self.host.now(),
                           key=str(self.host.list_key()))

@@ -13,9 +13,9 @@ leaves a tombstone, so that the late authorisation is declined, not taken.
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -143,7 +143,7 @@ class Online:
                                              OnlineChallengeRow.used_at.is_(None),
                                              OnlineChallengeRow.expires >= now)
             .values(used_at=now))
-        if used.rowcount != 1:
+        if cast(CursorResult[Any], used).rowcount != 1:
             raise HostError(CHALLENGE_INVALID, "challenge unknown, used or expired")
 
     @staticmethod

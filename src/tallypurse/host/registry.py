@@ -161,7 +161,7 @@ class Registry:
             holder = self.cardholder(uow.session, cardholder_id)
             return -Ledger(uow.session, 0).balance(Acct(Kind.ONLINE, holder.id, holder.currency))
 
-    # --- merchants -------------------------------------------------------------------------------------
+    # --- merchants --------------------------------------------------------------------------------
     def create_merchant(self, name: str, *, iban: str, bic: str, currency_code: str = "EUR",
                         fee_basis_points: int = 0, merchant_id: str | None = None) -> str:
         if not name.strip() or len(name) > 140:
@@ -185,7 +185,7 @@ class Registry:
         log_event("merchant_created", merchant=mid)
         return mid
 
-    # --- cards -------------------------------------------------------------------------------------------
+    # --- cards ------------------------------------------------------------------------------------
     def credit_record(self, card_id: bytes, grade: int, currency_numeric: int, version: int,
                       now: int, outstanding: int = 0) -> CreditRecord:
         per_tap, max_out, slots = GRADE_LIMITS[grade]

@@ -148,7 +148,7 @@ class Settlements:
                              v.net, v.status])
         return buf.getvalue()
 
-    # --- files ------------------------------------------------------------------------------------------
+    # --- files ------------------------------------------------------------------------------------
     def payout_file(self, day: dt.date, currency_code: str = "EUR") -> bytes | None:
         """The pain.001 for the day's settlements not yet in a file (None if there are none)."""
         now = self.host.now()

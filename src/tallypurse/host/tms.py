@@ -201,7 +201,7 @@ class Tms:
         session.execute(update(Terminal).where(Terminal.terminal_id == terminal_id)
                         .values(last_contact=self.host.now()))
 
-    # --- parameters ---------------------------------------------------------------------------------
+    # --- parameters -------------------------------------------------------------------------------
     def parameters(self, session: Session) -> SignedParameters:
         """The current signed parameters (version 1, the defaults, if none were published)."""
         row = session.scalar(select(ParameterSet).order_by(ParameterSet.version.desc()).limit(1))
@@ -229,7 +229,7 @@ class Tms:
         return body.model_copy(
             update={"signature": self.host.keys.sign(ref, body.signed_bytes()).hex()})
 
-    # --- sync -----------------------------------------------------------------------------------------
+    # --- sync -------------------------------------------------------------------------------------
     def sync(self, terminal_id: str, body: SyncRequest) -> SyncResponse:
         with self.host.uow() as uow:
             s = uow.session
@@ -247,7 +247,7 @@ class Tms:
             uow.commit()
         return answer
 
-    # --- status -----------------------------------------------------------------------------------------
+    # --- status -----------------------------------------------------------------------------------
     def terminals(self, merchant_id: str | None = None) -> list[TerminalStatus]:
         now = self.host.now()
         limit = self.host.settings.stale_terminal_after_s

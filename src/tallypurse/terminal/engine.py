@@ -206,6 +206,8 @@ class CloseDayReport:
     duplicates: int = 0
     rejected: list[dict[str, Any]] = field(default_factory=list)
     flush: FlushReport | None = None
+    results: list[dict[str, Any]] = field(default_factory=list)  # batches answered now
+    refused: list[str] = field(default_factory=list)
     message: str = ""
 
 
@@ -256,6 +258,7 @@ class Terminal:
         self.terminal_id = sam.terminal_id
         self.merchant_id = db.get_meta("merchant_id") or ""
         self._credit_ok: dict[bytes, bool] = {}
+        self._batch_results: list[dict[str, Any]] = []
 
     # --- life cycle ----------------------------------------------------------------------------
     @classmethod
@@ -1117,8 +1120,9 @@ class Terminal:
 
     # --- host side: sync, outbox, close-day ------------------------------------------------------
     def sync(self) -> dict[str, Any]:
-        """Download lists and parameters (verified, applied atomically), then flush the outbox."""
+        """Flush the outbox, then download lists and parameters (verified, applied atomically)."""
         host = self._host()
+        flushed = self.flush()  # reports first, so that the host can retire done actions
         request = SyncRequest(
             blacklist_version=self.lists.version("blacklist"),
             actions_version=self.lists.version("actions"),
@@ -1138,7 +1142,6 @@ class Terminal:
             )
             Database.set_meta(tx, "last_sync", str(now))
             Database.set_meta(tx, "host_time", str(resp.host_time))
-        flushed = self.flush()
         return {"changes": changes, "host_time": resp.host_time, "outbox": flushed}
 
     def _deliver(self, item: Item) -> BaseModel:
@@ -1199,15 +1202,16 @@ class Terminal:
         }
         Database.set_meta(tx, "last_close", json.dumps(result))
         self.journal.prune_acknowledged(tx)
+        tx.after_commit.append(lambda: self._batch_results.append(result))
 
     def _on_reject(self, tx: Tx, item: Item, exc: HostRejected) -> None:
         if item.kind == Kind.BATCH:
             batch_id = BatchUpload.model_validate_json(item.payload).batch_id
             self.journal.release_batch(tx, batch_id)
-            Database.set_meta(tx, "last_close", json.dumps({
-                "batch_id": batch_id, "time": self._now(), "refused": str(exc),
-                "mismatch": False,
-            }))
+            result = {"batch_id": batch_id, "time": self._now(), "refused": str(exc),
+                      "mismatch": False}
+            Database.set_meta(tx, "last_close", json.dumps(result))
+            tx.after_commit.append(lambda: self._batch_results.append(result))
 
     def flush(self, *, kinds: tuple[Kind, ...] | None = None, force: bool = False) -> FlushReport:
         """Deliver what is due in the outbox (best effort; never raises HostUnavailable)."""
@@ -1234,24 +1238,27 @@ class Terminal:
             with self.db.write() as tx:
                 self.journal.assign_batch(tx, [e.seq for e in entries], batch_id)
                 self.outbox.enqueue(tx, Kind.BATCH, batch_id, batch)
+        self._batch_results = []
         flushed = self.flush(force=True)
-        last = json.loads(self.db.get_meta("last_close") or "{}")
-        pending_batches = self.outbox.due(kinds=(Kind.BATCH,), include_waiting=True)
+        results, self._batch_results = self._batch_results, []
+        waiting = self.outbox.due(kinds=(Kind.BATCH,), include_waiting=True)
         report = CloseDayReport(batch_id=batch_id, entries=len(entries), totals=totals,
-                                delivered=not pending_batches, flush=flushed)
-        if batch_id is not None and last.get("batch_id") == batch_id:
-            if "refused" in last:
-                report.message = f"the host refused the batch: {last['refused']}"
-                report.delivered = False
-            else:
-                report.host_totals = {k: Totals(**v) for k, v in last["host_totals"].items()}
-                report.mismatch = bool(last["mismatch"])
-                report.accepted = int(last["accepted"])
-                report.duplicates = int(last["duplicates"])
-                report.rejected = list(last["rejected"])
-        elif pending_batches:
-            report.message = (f"{len(pending_batches)} batch(es) waiting for the host; "
+                                delivered=not waiting, flush=flushed, results=results)
+        for r in results:
+            if "refused" in r:
+                report.refused.append(f"{r['batch_id']}: {r['refused']}")
+                continue
+            report.mismatch = report.mismatch or bool(r["mismatch"])
+            report.accepted += int(r["accepted"])
+            report.duplicates += int(r["duplicates"])
+            report.rejected.extend(r["rejected"])
+            if r["batch_id"] == batch_id:
+                report.host_totals = {k: Totals(**v) for k, v in r["host_totals"].items()}
+        if waiting:
+            report.message = (f"{len(waiting)} batch(es) waiting for the host; "
                               "entries are kept until acknowledged")
+        elif report.refused:
+            report.message = "the host refused: " + "; ".join(report.refused)
         return report
 
     # --- reporting -----------------------------------------------------------------------------

@@ -223,7 +223,7 @@ class RequestNonce(Base):
     created: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
-# --- lists and write-backs -----------------------------------------------------------------------------
+# --- lists and write-backs ------------------------------------------------------------------------
 class ListHead(Base):
     __tablename__ = "list_heads"
     name: Mapped[str] = mapped_column(String(16), primary_key=True)
@@ -268,7 +268,7 @@ class WriteBackAction(Base):
     __table_args__ = (UniqueConstraint("card_id", "seq"),)
 
 
-# --- clearing ----------------------------------------------------------------------------------------------
+# --- clearing -------------------------------------------------------------------------------------
 class CardEventRow(Base):
     """A card-signed balance event taken by clearing: one per (card, seqno)."""
 
@@ -350,7 +350,7 @@ class Alert(Base):
     created: Mapped[int] = Time()
 
 
-# --- agent debits, collections, bank -------------------------------------------------------------------------
+# --- agent debits, collections, bank --------------------------------------------------------------
 class Debt(Base):
     """The online remainder of a split purchase, owed by the cardholder to the operator."""
 
@@ -409,7 +409,7 @@ class CreditEvent(Base):
     created: Mapped[int] = Time()
 
 
-# --- online purchases and loads ---------------------------------------------------------------------------------
+# --- online purchases and loads -------------------------------------------------------------------
 class OnlineChallengeRow(Base):
     __tablename__ = "online_challenges"
     challenge: Mapped[str] = mapped_column(String(32), primary_key=True)
@@ -458,7 +458,7 @@ class LoadRow(Base):
     __table_args__ = (UniqueConstraint("terminal_id", "idempotency_key"),)
 
 
-# --- settlement ----------------------------------------------------------------------------------------------------
+# --- settlement -----------------------------------------------------------------------------------
 class Settlement(Base):
     __tablename__ = "settlements"
     id: Mapped[int] = mapped_column(PK, primary_key=True)

@@ -1,0 +1,472 @@
+"""The FastAPI application.
+
+* ``/v1/terminal/...``: the terminal API of :data:`tallypurse.core.hostapi.ROUTES`,
+  every request signed by the terminal's SAM (RFC 9421);
+* ``/v1/ops/...``: operators (bearer token, role ``operator``);
+* ``/v1/reports/...``: operators and auditors;
+* ``/v1/merchant/...``: merchants (their own data only), operators, auditors;
+* ``/health`` (the process answers), ``/ready`` (the database answers, schema at
+  head), ``/openapi.json`` (no authentication); ``/metrics`` (Prometheus text,
+  operator or auditor token).
+
+Errors are RFC 9457 problem documents (``application/problem+json``) with a
+stable numeric ``code`` (:mod:`tallypurse.host.errors`). The app keeps no
+state between requests: everything is in the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tallypurse.core import hostapi as api
+from tallypurse.core.errors import BadInput, CryptoError, TallypurseError
+from tallypurse.host import errors as E
+from tallypurse.host.db.migrate import current_revision, head_revision
+from tallypurse.host.errors import HostError
+from tallypurse.host.service import Host
+
+from . import schemas as S
+from .auth import Principal, Role, authenticate_terminal, create_token, principal
+
+log = logging.getLogger("tallypurse.host.api")
+PROBLEM = "application/problem+json"
+
+Handler = Callable[[str, Any], BaseModel]
+
+
+def problem(what: E.Code, detail: str = "", status: int | None = None) -> JSONResponse:
+    body = api.Problem(type=E.PROBLEM_BASE + what.slug, title=what.title,
+                       status=status or what.status, detail=detail, code=what.code)
+    return JSONResponse(body.model_dump(), status_code=body.status, media_type=PROBLEM)
+
+
+def _summary(exc: ValidationError | RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{loc or 'body'}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.requests = Counter("tallypurse_http_requests", "HTTP requests",
+                                ["route", "method", "status"], registry=registry)
+        self.latency = Histogram("tallypurse_http_request_seconds", "HTTP request latency",
+                                 ["route"], registry=registry,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.problems = Counter("tallypurse_problems", "Problem documents sent", ["code"],
+                                registry=registry)
+        self.agent_debits = Counter("tallypurse_agent_debits", "Agent debits", ["status"],
+                                    registry=registry)
+        self.batch_entries = Counter("tallypurse_batch_entries", "Uploaded journal entries",
+                                     ["outcome"], registry=registry)
+        self.online = Counter("tallypurse_online_authorisations", "Online authorisations",
+                              ["approved"], registry=registry)
+
+    def exposition(self) -> bytes:
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
+        return generate_latest(self.registry)
+
+
+_bearer = HTTPBearer(auto_error=False)
+Creds = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+def needs(*roles: Role) -> Callable[[Request, HTTPAuthorizationCredentials | None], Principal]:
+    """A dependency that admits a bearer token of one of ``roles``."""
+
+    def dependency(request: Request, creds: Creds) -> Principal:
+        host: Host = request.app.state.host
+        return principal(host, f"Bearer {creds.credentials}" if creds else None, roles)
+
+    return dependency
+
+
+Operator = Annotated[Principal, Depends(needs(Role.OPERATOR))]
+Reader = Annotated[Principal, Depends(needs(Role.OPERATOR, Role.AUDITOR))]
+Anyone = Annotated[Principal, Depends(needs(Role.OPERATOR, Role.AUDITOR, Role.MERCHANT))]
+
+
+def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> FastAPI:
+    app = FastAPI(
+        title="tallypurse host",
+        version="1",
+        description=(__doc__ or "").strip(),
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.host = host
+    metrics = Metrics(registry or CollectorRegistry())
+    app.state.metrics = metrics
+    limit = host.settings.max_body_bytes
+
+    # --- errors ---------------------------------------------------------------------------------
+    @app.exception_handler(HostError)
+    async def _host_error(_: Request, exc: HostError) -> JSONResponse:
+        metrics.problems.labels(str(exc.code)).inc()
+        return problem(exc.what, exc.detail)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        metrics.problems.labels(str(E.VALIDATION.code)).inc()
+        return problem(E.VALIDATION, _summary(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        what = {404: E.NOT_FOUND, 405: E.METHOD_NOT_ALLOWED, 413: E.TOO_LARGE}.get(
+            exc.status_code, E.BAD_REQUEST)
+        return problem(what, str(exc.detail), status=exc.status_code)
+
+    @app.exception_handler(BadInput)
+    async def _bad_input(_: Request, exc: BadInput) -> JSONResponse:
+        body = api.Problem(type=E.PROBLEM_BASE + "bad-input", title="Bad input", status=400,
+                           detail=exc.message, code=exc.code)
+        return JSONResponse(body.model_dump(), status_code=400, media_type=PROBLEM)
+
+    @app.exception_handler(CryptoError)
+    async def _crypto(_: Request, exc: CryptoError) -> JSONResponse:
+        return problem(E.RECORD_INVALID, exc.message)
+
+    @app.exception_handler(OperationalError)
+    async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return problem(E.UNAVAILABLE, "the database did not answer; retry")
+
+    @app.exception_handler(TallypurseError)
+    async def _other(_: Request, exc: TallypurseError) -> JSONResponse:
+        body = api.Problem(type=E.PROBLEM_BASE + "refused", title="Refused", status=422,
+                           detail=exc.message, code=exc.code)
+        return JSONResponse(body.model_dump(), status_code=422, media_type=PROBLEM)
+
+    # --- metrics middleware ---------------------------------------------------------------------
+    @app.middleware("http")
+    async def _measure(request: Request,
+                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(path).observe(time.perf_counter() - started)
+        return response
+
+    # --- health ----------------------------------------------------------------------------------
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", tags=["health"], responses={503: {"description": "not ready"}})
+    def ready() -> Response:
+        try:
+            revision = current_revision(host.db)
+        except OperationalError:
+            return problem(E.UNAVAILABLE, "the database does not answer")
+        if revision != head_revision():
+            return problem(E.UNAVAILABLE, f"schema at {revision}, expected {head_revision()}; "
+                                          "run tallypurse host migrate")
+        return JSONResponse({"status": "ready", "schema": revision})
+
+    # --- the terminal API ------------------------------------------------------------------------
+    def target_uri(request: Request) -> str:
+        base = host.settings.public_url.rstrip("/")
+        if not base:
+            return str(request.url)
+        query = f"?{request.url.query}" if request.url.query else ""
+        return base + request.url.path + query
+
+    async def read_body(request: Request) -> bytes:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise HostError(E.TOO_LARGE, f"at most {limit} bytes")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise HostError(E.TOO_LARGE, f"at most {limit} bytes")
+        return body
+
+    def parse(model: type[BaseModel], body: bytes) -> Any:
+        try:
+            return model.model_validate_json(body or b"{}")
+        except ValidationError as exc:
+            raise HostError(E.VALIDATION, _summary(exc)) from None
+
+    def report_writeback(tid: str, body: api.WriteBackReport) -> api.Ack:
+        host.writebacks.report(tid, body)
+        return api.Ack()
+
+    terminal_routes: dict[str, tuple[type[BaseModel] | None, type[BaseModel], Handler]] = {
+        "enrol": (api.EnrolRequest, api.EnrolResponse, lambda _, b: host.tms.enrol(b)),
+        "sync": (api.SyncRequest, api.SyncResponse, host.tms.sync),
+        "upload_batch": (api.BatchUpload, api.BatchAck, host.clearing.upload),
+        "agent_debit": (api.AgentDebitRequest, api.AgentDebitAck, host.agent.submit),
+        "online_challenge": (None, api.OnlineChallenge, lambda t, _: host.online.challenge(t)),
+        "online_authorise": (api.OnlineAuthoriseRequest, api.OnlineAuthoriseResponse,
+                             host.online.authorise),
+        "reverse": (api.ReversalRequest, api.ReversalResponse, host.online.reverse),
+        "load_authorisation": (api.LoadRequest, api.LoadAuthorisationResponse,
+                               host.loads.authorise),
+        "confirm_load": (api.LoadConfirm, api.Ack, host.loads.confirm),
+        "report_writeback": (api.WriteBackReport, api.Ack, report_writeback),
+    }
+
+    def count(name: str, result: BaseModel) -> None:
+        if isinstance(result, api.AgentDebitAck):
+            metrics.agent_debits.labels(result.status).inc()
+        elif isinstance(result, api.BatchAck):
+            metrics.batch_entries.labels("accepted").inc(len(result.accepted))
+            metrics.batch_entries.labels("duplicate").inc(len(result.duplicates))
+            metrics.batch_entries.labels("rejected").inc(len(result.rejected))
+        elif isinstance(result, api.OnlineAuthoriseResponse):
+            metrics.online.labels(str(result.approved).lower()).inc()
+
+    def terminal_endpoint(name: str, model: type[BaseModel] | None,
+                          handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        def work(method: str, url: str, headers: dict[str, str], body: bytes) -> BaseModel:
+            if name == "enrol":
+                enrol = parse(api.EnrolRequest, body)
+                tid = authenticate_terminal(host, method, url, headers, body, csr_hex=enrol.csr,
+                                            claimed_terminal=enrol.terminal_id)
+                return handler(tid, enrol)
+            tid = authenticate_terminal(host, method, url, headers, body)
+            parsed = parse(model, body) if model is not None else None
+            result = handler(tid, parsed)
+            count(name, result)
+            return result
+
+        async def endpoint(request: Request) -> Response:
+            body = await read_body(request)
+            result = await run_in_threadpool(work, request.method, target_uri(request),
+                                             dict(request.headers), body)
+            return JSONResponse(result.model_dump(mode="json"))
+
+        endpoint.__name__ = f"terminal_{name}"
+        return endpoint
+
+    signed_headers = [
+        {"name": h, "in": "header", "required": True, "schema": {"type": "string"},
+         "description": "RFC 9421 / RFC 9530, signed by the terminal's SAM (see docs)"}
+        for h in ("Signature-Input", "Signature", "Content-Digest")
+    ]
+    request_models: list[type[BaseModel]] = []
+    for name, path in api.ROUTES.items():
+        model, answer, handler = terminal_routes[name]
+        extra: dict[str, Any] = {"parameters": signed_headers}
+        if model is not None:
+            request_models.append(model)
+            extra["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
+        app.add_api_route(path, terminal_endpoint(name, model, handler), methods=["POST"],
+                          response_model=answer, tags=["terminal"], openapi_extra=extra,
+                          responses={401: {"model": api.Problem}, 409: {"model": api.Problem},
+                                     422: {"model": api.Problem}})
+
+    # --- people ---------------------------------------------------------------------------------
+    problems: dict[int | str, dict[str, Any]] = {
+        401: {"model": api.Problem}, 403: {"model": api.Problem}, 404: {"model": api.Problem},
+        409: {"model": api.Problem}, 422: {"model": api.Problem}}
+
+    def merchant_scope(who: Principal, merchant_id: str | None) -> str | None:
+        if who.role == Role.MERCHANT:
+            if merchant_id is not None and merchant_id != who.merchant_id:
+                raise HostError(E.FORBIDDEN, "a merchant sees only its own data")
+            return who.merchant_id
+        return merchant_id
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, responses=problems)
+    def metrics_endpoint(_: Reader) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/ops/cardholders", tags=["operator"], responses=problems)
+    def create_cardholder(body: S.CardholderCreate, _: Operator) -> S.Created:
+        return S.Created(id=host.registry.create_cardholder(body.name, body.currency,
+                                                            grade=body.grade))
+
+    @app.get("/v1/ops/cardholders/{cardholder_id}", tags=["operator"], responses=problems)
+    def get_cardholder(cardholder_id: str, _: Reader) -> S.CardholderPublic:
+        with host.uow() as uow:
+            holder = host.registry.cardholder(uow.session, cardholder_id)
+            linked = host.registry.bank_account(uow.session, holder.id) is not None
+        return S.CardholderPublic(id=holder.id, name=holder.name, currency=holder.currency,
+                                  grade=holder.credit_grade,
+                                  online_balance=host.registry.online_balance(holder.id),
+                                  bank_account=linked)
+
+    @app.post("/v1/ops/cardholders/{cardholder_id}/bank-account", tags=["operator"],
+              responses=problems)
+    def link_bank(cardholder_id: str, body: S.BankAccountLink, _: Operator) -> S.Created:
+        return S.Created(id=str(host.registry.link_bank_account(
+            cardholder_id, iban=body.iban, bic=body.bic, holder_name=body.holder_name,
+            mandate_id=body.mandate_id)))
+
+    @app.post("/v1/ops/cardholders/{cardholder_id}/fund", tags=["operator"], responses=problems)
+    def fund(cardholder_id: str, body: S.Funding, _: Operator) -> S.Done:
+        booked = host.registry.fund_online_account(cardholder_id, body.amount, body.reference)
+        return S.Done(ok=True, detail="booked" if booked else "already booked")
+
+    @app.post("/v1/ops/merchants", tags=["operator"], responses=problems)
+    def create_merchant(body: S.MerchantCreate, _: Operator) -> S.Created:
+        return S.Created(id=host.registry.create_merchant(
+            body.name, iban=body.iban, bic=body.bic, currency_code=body.currency,
+            fee_basis_points=body.fee_basis_points, merchant_id=body.merchant_id))
+
+    @app.post("/v1/ops/terminals", tags=["operator"], responses=problems)
+    def create_terminal(body: S.TerminalCreate, _: Operator) -> S.TerminalCreated:
+        tid, token = host.tms.create_terminal(body.merchant_id, body.terminal_id)
+        return S.TerminalCreated(terminal_id=tid, enrolment_token=token)
+
+    @app.post("/v1/ops/terminals/{terminal_id}/token", tags=["operator"], responses=problems)
+    def terminal_token(terminal_id: str, _: Operator) -> S.TerminalCreated:
+        return S.TerminalCreated(terminal_id=terminal_id,
+                                 enrolment_token=host.tms.new_token(terminal_id))
+
+    @app.post("/v1/ops/terminals/{terminal_id}/revoke", tags=["operator"], responses=problems)
+    def revoke_terminal(terminal_id: str, _: Operator) -> S.Done:
+        host.tms.revoke(terminal_id)
+        return S.Done()
+
+    @app.get("/v1/ops/terminals", tags=["operator"], responses=problems)
+    def terminals(who: Anyone, merchant_id: str | None = None) -> list[dict[str, Any]]:
+        scope = merchant_scope(who, merchant_id)
+        return [t.to_json() for t in host.tms.terminals(scope)]
+
+    @app.get("/v1/ops/cards/{card_id}", tags=["operator"], responses=problems)
+    def card(card_id: api.CardId, _: Reader) -> S.CardPublic:
+        return S.CardPublic(**asdict(host.registry.card_info(card_id)))
+
+    @app.post("/v1/ops/cards/{card_id}/status", tags=["operator"], responses=problems)
+    def card_status(card_id: api.CardId, body: S.CardStatusChange, _: Operator) -> S.Done:
+        host.registry.set_card_status(card_id, body.status, reason=body.reason)
+        return S.Done()
+
+    @app.post("/v1/ops/parameters", tags=["operator"], responses=problems)
+    def parameters(body: S.ParameterChange, _: Operator) -> api.SignedParameters:
+        try:
+            return host.tms.publish_parameters(**body.changes())
+        except ValidationError as exc:
+            raise HostError(E.VALIDATION, _summary(exc)) from None
+
+    @app.post("/v1/ops/settlements", tags=["operator"], responses=problems)
+    def settle(body: S.DayRequest, _: Operator) -> list[dict[str, Any]]:
+        return [v.to_json() for v in host.settlement.run(body.day)]
+
+    @app.post("/v1/ops/payout-files", tags=["operator"], responses=problems)
+    def payout_file(body: S.DayRequest, _: Operator) -> Response:
+        xml = host.settlement.payout_file(body.day, body.currency)
+        if xml is None:
+            raise HostError(E.NOT_FOUND, "nothing to pay out for that day")
+        return Response(xml, media_type="application/xml")
+
+    @app.post("/v1/ops/collection-files", tags=["operator"], responses=problems)
+    def collection_file(body: S.DayRequest, _: Operator) -> Response:
+        xml = host.settlement.collections_file(body.day, body.currency)
+        if xml is None:
+            raise HostError(E.NOT_FOUND, "no debt to collect by direct debit")
+        return Response(xml, media_type="application/xml")
+
+    @app.post("/v1/ops/bank/process", tags=["operator"], responses=problems)
+    def bank_process(_: Operator) -> dict[str, int]:
+        return host.agent.process_bank()
+
+    @app.post("/v1/ops/collections/sweep", tags=["operator"], responses=problems)
+    def sweep(_: Operator) -> S.Done:
+        return S.Done(detail=f"{host.agent.sweep_collections()} cards blacklisted")
+
+    @app.post("/v1/ops/debts/{debt_id}/write-off", tags=["operator"], responses=problems)
+    def write_off(debt_id: str, _: Operator) -> S.Done:
+        host.agent.write_off(debt_id)
+        return S.Done()
+
+    @app.get("/v1/ops/debts/{debt_id}", tags=["operator"], responses=problems)
+    def debt(debt_id: str, _: Reader) -> dict[str, Any]:
+        return asdict(host.agent.debt(debt_id))
+
+    @app.post("/v1/ops/tokens", tags=["operator"], responses=problems)
+    def new_token(body: S.TokenCreate, _: Operator) -> S.TokenCreated:
+        token = create_token(host, body.role, merchant_id=body.merchant_id, name=body.name)
+        return S.TokenCreated(token=token, role=body.role)
+
+    @app.get("/v1/reports/audit", tags=["reports"], responses=problems)
+    def audit(_: Reader) -> dict[str, Any]:
+        return host.reports.audit()
+
+    @app.get("/v1/reports/gaps", tags=["reports"], responses=problems)
+    def gaps(_: Reader, older_than_s: Annotated[int | None, Query(ge=0)] = None
+             ) -> list[dict[str, Any]]:
+        return host.reports.gaps(older_than_s=older_than_s)
+
+    @app.get("/v1/reports/clones", tags=["reports"], responses=problems)
+    def clones(_: Reader) -> list[dict[str, Any]]:
+        return host.reports.clones()
+
+    @app.get("/v1/reports/alerts", tags=["reports"], responses=problems)
+    def alerts(_: Reader) -> list[dict[str, Any]]:
+        return host.reports.alerts()
+
+    @app.get("/v1/reports/reconciliation", tags=["reports"], responses=problems)
+    def reconciliation(_: Reader) -> dict[str, Any]:
+        return host.reports.reconciliation()
+
+    @app.get("/v1/merchant/settlements", tags=["merchant"], responses=problems)
+    def merchant_settlements(who: Anyone, merchant_id: str | None = None,
+                             day: dt.date | None = None,
+                             format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
+                             ) -> Response:
+        views = host.settlement.settlements(day=day, merchant_id=merchant_scope(who, merchant_id))
+        if format == "csv":
+            return PlainTextResponse(host.settlement.report_csv(views), media_type="text/csv")
+        return JSONResponse([v.to_json() for v in views])
+
+    @app.get("/v1/merchant/balance", tags=["merchant"], responses=problems)
+    def merchant_balance(who: Anyone, merchant_id: str | None = None) -> dict[str, Any]:
+        scope = merchant_scope(who, merchant_id)
+        if scope is None:
+            raise HostError(E.NOT_FOUND, "name a merchant_id")
+        return {"merchant_id": scope, "payable": host.settlement.merchant_balance(scope)}
+
+    # --- OpenAPI with the terminal request bodies -------------------------------------------------
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                             routes=app.routes)
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for model in request_models:
+            js = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(js.pop("$defs", {}))
+            components[model.__name__] = js
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
