@@ -74,9 +74,12 @@ def test_new_parameters_take_effect_at_the_next_tap(
 def test_a_blacklist_of_a_million_cards_loads_and_takes_a_delta_of_a_thousand(
     terminal: Terminal, host: FakeHost, clock: Clock, new_purse: Callable[..., Purse]
 ) -> None:
-    ids = [(0x5000_0000_0000_0000 + i).to_bytes(8, "big") for i in range(1_000_000)]
-    with terminal.db.write() as tx:
-        tx.executemany("INSERT INTO blacklist(card_id) VALUES (?)", ((i,) for i in ids))
+    with terminal.db.write() as tx:  # a million distinct 8-byte ids, made by SQLite itself
+        tx.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 999999) "
+            "INSERT INTO blacklist SELECT CAST(printf('%08d', i) AS BLOB) FROM n"
+        )
+    ids = [b"%08d" % i for i in range(0, 1_000_000, 100)]
     directory = terminal.data_dir
     terminal.close()
     host.bl_history.version = 1  # as if the host's list had been synced as version 1
@@ -86,9 +89,9 @@ def test_a_blacklist_of_a_million_cards_loads_and_takes_a_delta_of_a_thousand(
     t.lists.state["blacklist"] = t.lists.state["blacklist"].__class__(1, 0, int(clock()))
     assert len(t.lists.blacklist) == 1_000_000
     t0 = time.perf_counter()
-    for i in ids[:10_000]:
+    for i in ids:
         assert t.lists.is_blacklisted(i)
-    per_lookup = (time.perf_counter() - t0) / 10_000
+    per_lookup = (time.perf_counter() - t0) / len(ids)
     assert per_lookup < 1e-4  # microseconds, with a wide margin for a busy machine
     purse = new_purse(1_000)
     host.blacklist_add(purse.card_id, *[(0x6000_0000_0000_0000 + i).to_bytes(8, "big")

@@ -106,7 +106,7 @@ class Counters:
     load_counter: int
     online_counter: int
     writeback_seq: int
-    last_time: int
+    last_time: int  # latest host-signed time seen (loads); terminal clocks never move it
     log_next: int
     blocked: int
 
@@ -444,8 +444,7 @@ class PurseApplet(Applet):
         record = self._sign_event(event)
         if slot_index != NO_SLOT:
             self._put_slot(slot_index, DebtSlot(DebtState.PENDING, new_atc, split))
-        ctr = replace(ctr, balance=event.balance_after, atc=new_atc,
-                      last_time=max(ctr.last_time, order.time))
+        ctr = replace(ctr, balance=event.balance_after, atc=new_atc)
         self._put_counters(self._log(cfg, ctr, record))
         self._challenge = None
         return (
@@ -522,8 +521,7 @@ class PurseApplet(Applet):
             debt_slot=last.debt_slot,
         )
         record = self._sign_event(event)
-        ctr = replace(ctr, balance=event.balance_after, atc=new_atc,
-                      last_time=max(ctr.last_time, order.time))
+        ctr = replace(ctr, balance=event.balance_after, atc=new_atc)
         self._put_counters(self._log(cfg, ctr, record))
         self._challenge = None
         return new_atc.to_bytes(4, "big") + event.balance_after.to_bytes(4, "big") + record.tac
