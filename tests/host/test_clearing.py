@@ -172,7 +172,8 @@ def test_a_counter_gap_stays_open_until_the_missing_event_arrives(world: World) 
 def test_late_batches_keep_their_original_times(world: World) -> None:
     card = world.card()
     world.load(card, 3_000)
-    debit = world.purchase(card, 100, time=world.clock() - 5 * 86400)
+    debit = world.purchase(card, 100)
+    world.clock.advance(5 * 86400)  # the terminal was offline for five days
     world.upload(debit)
     with world.host.uow() as uow:
         txn = uow.session.scalar(sa.select(LedgerTransaction).where(
@@ -198,14 +199,12 @@ def test_a_split_debit_in_a_batch_opens_its_debt_once_with_the_agent_debit(
     world.load(card, 1_000)
     split = world.purchase(card, 1_000, split=400, tx_type=TxType.CANTEEN)
     world.upload(split)  # the batch arrives before the agent debit
-    from .test_agent import agent_request
-
-    ack = world.host.agent.submit(world.tid, agent_request(world, split))
+    ack = world.host.agent.submit(world.tid, world.agent_request(split))
     assert ack.status == "accepted"
-    assert world.host.agent.submit(world.tid, agent_request(world, split)).status == "duplicate"
+    assert world.host.agent.submit(world.tid, world.agent_request(split)).status == "duplicate"
     with world.host.uow() as uow:
-        debts = uow.session.scalars(sa.select(Debt)).all()
-    assert [(d.amount, d.status) for d in debts] == [(400, "settled")]
+        debts = [(d.amount, d.status) for d in uow.session.scalars(sa.select(Debt))]
+    assert debts == [(400, "settled")]
     assert world.host.settlement.merchant_balance(world.merchant_id) == 1_400
     assert world.host.registry.online_balance(holder) == 4_600
     assert world.host.reports.audit()["balanced"] is True
@@ -246,3 +245,17 @@ def test_the_same_batch_uploaded_twice_at_once_takes_effect_once(world: World) -
     assert events(world.host, card.serial.hex()) == 4
     assert world.host.settlement.merchant_balance(world.merchant_id) == 600
     assert world.host.reports.audit()["balanced"] is True
+
+
+def test_a_journal_whose_hash_chain_breaks_is_taken_and_alerted(world: World) -> None:
+    card = world.card()
+    world.load(card, 3_000)
+    first = world.entry(world.purchase(card, 100))
+    world.host.clearing.upload(world.tid, world.batch([first]))
+    world.head = "11" * 32  # the next entry does not follow the one before
+    ack = world.host.clearing.upload(world.tid, world.batch([world.entry(
+        world.purchase(card, 200))]))
+    assert ack.accepted == [2]
+    assert world.host.reports.alerts()[0]["kind"] == "journal_chain"
+    (status,) = world.host.tms.terminals()
+    assert (status.journal_contiguous, status.journal_max) == (2, 2)

@@ -93,7 +93,7 @@ def test_a_settlement_id_is_set_once(host: Host) -> None:
                                  "count, gross, fees, net, status, created) VALUES ('m1', "
                                  f"'2026-01-0{_ + 1}', 'EUR', 0, 0, 0, 0, 'open', 0)"))
         conn.execute(sa.text(f"UPDATE ledger_transactions SET settlement_id = 1 WHERE id = {txn}"))
-    with pytest.raises(DBAPIError, match="settled once|immutable"), host.db.engine.begin() as conn:
+    with pytest.raises(DBAPIError, match=r"settled once|immutable"), host.db.engine.begin() as conn:
         conn.execute(sa.text(f"UPDATE ledger_transactions SET settlement_id = 2 WHERE id = {txn}"))
 
 

@@ -15,6 +15,7 @@ import httpx
 from tallypurse.card.card import Card
 from tallypurse.core import crypto
 from tallypurse.core.hostapi import (
+    AgentDebitRequest,
     BatchAck,
     BatchUpload,
     JournalEntry,
@@ -118,6 +119,14 @@ class World:
             self.client.confirm_load(LoadConfirm(idempotency_key=key,
                                                  record=event.to_bytes().hex()))
         return event
+
+    def agent_request(self, split: SignedEvent, key: str | None = None) -> AgentDebitRequest:
+        """The agent debit a terminal forwards for a split debit."""
+        e = split.event
+        return AgentDebitRequest(
+            idempotency_key=key or f"agent-{e.card_id.hex()}-{e.atc}", terminal_id=self.tid,
+            card_id=e.card_id.hex(), atc=e.atc, amount=e.split, currency="EUR",
+            tx_type=TxType(e.tx_type).name.lower(), record=split.to_bytes().hex())
 
     # journal and batches
     def entry(self, event: SignedEvent | None = None, *, kind: str | None = None,

@@ -475,7 +475,7 @@ class FakeHost:
 
         return self._call("upload_batch", apply)
 
-    # --- checks for tests --------------------------------------------------------------------------
+    # --- checks for tests ------------------------------------------------------------------------
     def chain_ok(self, terminal_id: str) -> bool:
         """The cleared entries of a terminal form one unbroken hash chain from genesis."""
         prev = GENESIS

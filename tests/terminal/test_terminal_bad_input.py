@@ -16,8 +16,8 @@ from tallypurse.host.tsm.personalise import PursePolicy
 from tallypurse.lab import YEAR, Lab
 from tallypurse.terminal.engine import JOURNAL_FILE, Terminal
 from tallypurse.terminal.errors import (
-    Declined,
     DeclineCode,
+    Declined,
     JournalCorrupt,
     JournalFull,
     ListRejected,

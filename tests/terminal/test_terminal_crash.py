@@ -110,3 +110,29 @@ def test_after_a_crash_the_next_tap_completes_the_interrupted_sale_instead_of_ch
     nxt = t2.purchase(purse.reader, 100, tx_type="canteen")
     assert not nxt.recovered and purse.balance == BALANCE - 300
     t2.close()
+
+
+def test_a_journal_that_refuses_the_write_after_debit_keeps_the_payment_to_resolve(
+    tmp_path: Path, host: FakeHost, clock: Clock, new_purse: Callable[..., Purse]
+) -> None:
+    import sqlite3
+
+    from tallypurse.terminal.errors import TapInterrupted
+
+    refuse = {"at": -1, "count": 0}
+
+    def hook(label: str) -> None:
+        refuse["count"] += 1
+        if refuse["count"] == refuse["at"]:
+            raise sqlite3.OperationalError("database or disk is full")
+
+    t = make_terminal(tmp_path / "t", host, clock, write_hook=hook)
+    purse = new_purse(BALANCE)
+    refuse["at"] = refuse["count"] + 3  # the first write after DEBIT
+    with pytest.raises(TapInterrupted, match="disk is full"):
+        t.purchase(purse.reader, 200, tx_type="canteen")
+    assert purse.balance == BALANCE - 200
+    result = t.purchase(purse.reader, 200, tx_type="canteen")  # the journal works again
+    assert result.recovered and result.receipt is not None
+    assert agree_on_one_outcome(t, purse, 200) == "charged"
+    t.close()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import pytest
 
 from tallypurse.terminal.engine import Terminal
-from tallypurse.terminal.errors import Declined, DeclineCode
+from tallypurse.terminal.errors import DeclineCode, Declined
 
 from .conftest import Clock, Purse, reopen
 from .fakehost import FakeHost

@@ -11,7 +11,7 @@ from tallypurse.core.messages import SignedEvent
 from tallypurse.core.protocol import DebtState, WriteBackAction
 from tallypurse.lab import YEAR, Lab
 from tallypurse.terminal.engine import Terminal
-from tallypurse.terminal.errors import Declined, DeclineCode
+from tallypurse.terminal.errors import DeclineCode, Declined
 from tallypurse.terminal.outbox import Kind
 from tallypurse.terminal.receipts import escpos_bytes, text
 
@@ -188,7 +188,7 @@ def test_an_expired_credit_record_allows_no_split(
     assert exc.value.reason == DeclineCode.CREDIT_RECORD_EXPIRED
 
 
-# --- write-back -----------------------------------------------------------------------------------
+# --- write-back ----------------------------------------------------------------------------------
 def test_a_settled_debt_is_written_back_at_the_next_tap_and_reported_to_the_host(
     terminal: Terminal, new_purse: Callable[..., Purse], host: FakeHost
 ) -> None:
@@ -243,7 +243,7 @@ def test_a_write_back_is_applied_once_even_when_the_card_comes_back(
     assert len(host.writeback_reports) == 1
 
 
-# --- online ---------------------------------------------------------------------------------------
+# --- online --------------------------------------------------------------------------------------
 def test_an_online_purchase_declined_by_the_host_charges_nothing(
     terminal: Terminal, new_purse: Callable[..., Purse], host: FakeHost
 ) -> None:
@@ -282,7 +282,7 @@ def test_the_cashier_can_choose_online_for_a_small_amount(
     assert purse.balance == 300 and host.accounts[purse.card_id].online_balance == 750
 
 
-# --- load and cancel --------------------------------------------------------------------------------
+# --- load and cancel -----------------------------------------------------------------------------
 def test_a_load_above_the_cap_is_declined_before_asking_the_host(
     terminal: Terminal, new_purse: Callable[..., Purse], host: FakeHost
 ) -> None:

@@ -12,6 +12,8 @@ from tallypurse.core.protocol import (
     LOYALTY_AID,
     LOYALTY_MODULE_AID,
     LOYALTY_PACKAGE_AID,
+    MEMBERSHIP_MODULE_AID,
+    MEMBERSHIP_PACKAGE_AID,
     PRIV_SECURITY_DOMAIN,
     PURSE_MODULE_AID,
     PURSE_PACKAGE_AID,
@@ -24,6 +26,7 @@ from tallypurse.core.scp03 import TRANSPORT_KEYS
 
 from .gp import SecurityDomain
 from .loyalty import LoyaltyApplet
+from .membership import MembershipApplet
 from .os import AppRecord, CardOS, Rom
 from .purse import PurseApplet
 from .storage import Eeprom
@@ -37,6 +40,7 @@ ROM: Rom = {
     SD_PACKAGE_AID: {SD_MODULE_AID: SecurityDomain},
     PURSE_PACKAGE_AID: {PURSE_MODULE_AID: Purse},
     LOYALTY_PACKAGE_AID: {LOYALTY_MODULE_AID: LoyaltyApplet},
+    MEMBERSHIP_PACKAGE_AID: {MEMBERSHIP_MODULE_AID: MembershipApplet},
 }
 
 def _atr() -> bytes:

@@ -146,3 +146,8 @@ def bench_card(
         f"  estimated time on air  {result['air_time_ms']['106kbps']} ms at 106 kbit/s, "
         f"{result['air_time_ms']['424kbps']} ms at 424 kbit/s"
     )
+
+
+from .terminal import bench_tap  # noqa: E402  (terminal taps: see cli/terminal.py)
+
+app.command("tap")(bench_tap)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, card, credit, demo, keys
+from . import bench, card, credit, demo, host, keys, terminal
 
 app = typer.Typer(
     help="tallypurse: offline-first prepaid-card payments (card, terminal, host).",
@@ -15,6 +15,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(card.app, name="card")
 app.add_typer(bench.app, name="bench")
 app.add_typer(credit.app, name="credit")
+app.add_typer(terminal.app, name="terminal")
+app.add_typer(host.app, name="host")
 app.command("demo")(demo.demo)
 
 

@@ -21,6 +21,14 @@ LOYALTY_PACKAGE_AID = bytes.fromhex("F054500200")
 LOYALTY_MODULE_AID = bytes.fromhex("F05450020000")
 LOYALTY_AID = bytes.fromhex("F05450020001")
 PARTNER_SD_AID = bytes.fromhex("F0545053440002")
+# A phone wallet's own security domain: the purse of a phone (host card emulation or
+# the phone's secure element) lives there, under keys diversified with this AID.
+PHONE_SD_AID = bytes.fromhex("F0545053440003")
+# The membership / access pass (a non-payment applet) and its domain.
+MEMBERSHIP_SD_AID = bytes.fromhex("F0545053440004")
+MEMBERSHIP_PACKAGE_AID = bytes.fromhex("F054500300")
+MEMBERSHIP_MODULE_AID = bytes.fromhex("F05450030000")
+MEMBERSHIP_AID = bytes.fromhex("F05450030001")
 
 # --- Classes -------------------------------------------------------------------
 CLA_ISO = 0x00
@@ -104,6 +112,30 @@ T_DEBT_SLOTS = 0xD7
 T_FCI = 0x6F
 T_FCI_AID = 0x84
 T_FCI_PROPRIETARY = 0xA5
+
+# --- Membership pass (CLA 80; docs/phone.md) ----------------------------------------
+INS_MEMBER_READ = 0x30  # READ PASS
+INS_MEMBER_CHECK = 0x32  # CHECK ENTITLEMENT: time (4) || entitlement bit (1)
+INS_MEMBER_CHALLENGE = 0x34  # GET POINTS CHALLENGE
+INS_MEMBER_POINTS = 0x36  # UPDATE POINTS, P1 = MEMBER_ADD or MEMBER_REDEEM
+MEMBER_ADD = 0x01
+MEMBER_REDEEM = 0x02
+# Membership TLV tags (READ PASS answer and STORE DATA)
+T_MEMBER_HOLDER = 0x81
+T_MEMBER_NOT_BEFORE = 0x82
+T_MEMBER_NOT_AFTER = 0x83
+T_MEMBER_POINTS = 0x84
+T_MEMBER_ENTITLEMENTS = 0x85
+T_MEMBER_COUNTER = 0x86
+T_MEMBER_KEY = 0x87  # STORE DATA: version (1) || pass key (16); READ PASS: version only
+# CHECK ENTITLEMENT decisions (the answer's one byte)
+GATE_GRANTED = 0x00
+GATE_NOT_YET_VALID = 0x01
+GATE_EXPIRED = 0x02
+GATE_NOT_ENTITLED = 0x03
+# Message types (domain separator "TP" 01 type) of the pass key's MACs
+MSG_MEMBER_POINTS = 0x30
+MSG_MEMBER_RECEIPT = 0x31
 
 # Status flag bits (T_FLAGS)
 FLAG_BLOCKED = 0x01

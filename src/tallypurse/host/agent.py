@@ -41,6 +41,7 @@ from tallypurse.host.errors import (
     NOT_FOUND,
     RECORD_INVALID,
     RECORD_MISMATCH,
+    TERMINAL_MISMATCH,
     HostError,
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
@@ -83,6 +84,8 @@ class AgentDebits:
 
     # --- the terminal's request -------------------------------------------------------------------
     def submit(self, terminal_id: str, req: AgentDebitRequest) -> AgentDebitAck:
+        if req.terminal_id != terminal_id:
+            raise HostError(TERMINAL_MISMATCH, "the agent debit names another terminal")
         digest = payload_hash(req)
         for attempt in range(3):
             try:

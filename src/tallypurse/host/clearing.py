@@ -334,8 +334,9 @@ class Clearing:
                                           LoadRow.auth_id == e.terminal_challenge.hex(),
                                           LoadRow.status == "authorised")
                     .values(status="confirmed", confirmed_at=self.host.now()))
-                if cast(CursorResult[Any], done).rowcount == 0 and not s.scalar(select(LoadRow.id).where(
-                        LoadRow.auth_id == e.terminal_challenge.hex())):
+                known = cast(CursorResult[Any], done).rowcount or s.scalar(
+                    select(LoadRow.id).where(LoadRow.auth_id == e.terminal_challenge.hex()))
+                if not known:
                     s.add(Alert(kind="load_unknown", card_id=it.card_id,
                                 detail=f"load {e.terminal_challenge.hex()} was not authorised "
                                        "by this host", created=self.host.now()))
@@ -479,9 +480,21 @@ class Clearing:
         return Incoming(signed, terminal.terminal_id, terminal.merchant_id)
 
     def _journal_progress(self, s: Session, terminal: Terminal, taken: list[JournalEntry]) -> None:
-        terminal.last_batch_at = self.host.now()
+        """Move the terminal's journal high-water marks; alert on a broken hash chain."""
+        terminal.last_batch_at = terminal.last_contact = self.host.now()
         if not taken:
             return
+        hashes = {e.seq: e.entry_hash for e in taken}
+        before = {e.seq - 1 for e in taken} - hashes.keys()
+        if before:
+            hashes.update(s.execute(select(JournalRecord.seq, JournalRecord.entry_hash).where(
+                JournalRecord.terminal_id == terminal.terminal_id,
+                JournalRecord.seq.in_(sorted(before)))).all())
+        broken = [e.seq for e in taken if e.seq - 1 in hashes and e.prev_hash != hashes[e.seq - 1]]
+        if broken:
+            s.add(Alert(kind="journal_chain", terminal_id=terminal.terminal_id,
+                        detail=f"journal entries {broken[:20]} do not follow their predecessors",
+                        created=self.host.now()))
         seqs = {e.seq for e in taken}
         terminal.journal_max = max(terminal.journal_max, *seqs)
         c = terminal.journal_contiguous

@@ -55,14 +55,6 @@ class Kind(StrEnum):
     LOAD_SUSPENSE = "load_suspense"
 
 
-SYSTEM_KINDS = (
-    Kind.CREDIT_RECEIVABLE,
-    Kind.BANK_CLEARING,
-    Kind.FEES,
-    Kind.LOSSES,
-    Kind.CASH,
-    Kind.LOAD_SUSPENSE,
-)
 
 
 class LedgerError(TallypurseError):

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from tallypurse.core import cert as certs
 from tallypurse.core.errors import BadInput
 from tallypurse.core.messages import CreditRecord
-from tallypurse.core.money import currency, currency_by_numeric
+from tallypurse.core.money import currency
 from tallypurse.core.protocol import CertRole, TxType
 from tallypurse.core.transport import CardTransport
 from tallypurse.host.db.models import BankAccount, Card, Cardholder, Merchant
@@ -298,7 +298,3 @@ class Registry:
             uow.commit()
         log_event("card_replaced", old=old_id, new=new_id_, moved=value)
         return value
-
-
-def currency_code_of(numeric: int) -> str:
-    return currency_by_numeric(numeric).code

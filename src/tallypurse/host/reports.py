@@ -29,8 +29,9 @@ class Reports:
         self.host = host
 
     def audit(self) -> dict[str, Any]:
-        """The ledger audit plus, for every card whose events have no gap, the check that
-        the host's purse float equals the card's own balance chain."""
+        """The ledger audit plus, for every card whose events have no gap (and whose value
+        was not moved to a replacement), the check that the host's purse float equals the
+        card's own balance chain."""
         with self.host.uow() as uow:
             s = uow.session
             report = audit(s).to_json()
@@ -38,7 +39,7 @@ class Reports:
                 select(CardEventRow.card_id, CardEventRow.balance_after)
                 .join(Card, (Card.card_id == CardEventRow.card_id)
                       & (Card.max_seqno == CardEventRow.seqno))
-                .where(Card.contiguous_seqno == Card.max_seqno)
+                .where(Card.contiguous_seqno == Card.max_seqno, Card.status != "replaced")
                 .subquery()
             )
             rows = s.execute(

@@ -3,12 +3,11 @@ signed parameters and list synchronisation."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from tallypurse.core import crypto
@@ -279,11 +278,3 @@ class Tms:
                     t.journal_contiguous, t.journal_max, t.last_batch_at,
                     stale="no contact" in reasons, reasons=reasons))
             return out
-
-    def count(self) -> int:
-        with self.host.uow() as uow:
-            return int(uow.session.scalar(select(func.count()).select_from(Terminal)) or 0)
-
-
-def parameters_json(signed: SignedParameters) -> str:
-    return json.dumps(signed.model_dump(mode="json"), sort_keys=True)

@@ -4,8 +4,9 @@ Every key has a :class:`~tallypurse.core.cert.KeyRef` (name and version), a
 kind and a creation time. Private and secret material never leaves the
 keystore: callers ask it to sign, to issue a certificate or to diversify a
 per-card key from a master key. A software implementation lives in
-:mod:`tallypurse.keystore.software`; a PKCS#11 HSM backend can implement the
-same :class:`KeyStore` protocol later.
+:mod:`tallypurse.keystore.software`, a PKCS#11 (HSM) one in
+:mod:`tallypurse.keystore.pkcs11`. Both also implement :class:`ManagedKeyStore`,
+what the key ceremonies (``tallypurse keys``) need beyond the daily protocol.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class KeyInfo:
     public_key: bytes | None = None  # EC keys
     certificate: Certificate | None = None  # EC keys
     kcv: bytes | None = None  # AES keys
+    revoked: int | None = None  # unix seconds of the revocation; None while usable
 
     @property
     def fingerprint(self) -> bytes | None:
@@ -141,3 +143,50 @@ class KeyStore(Protocol):
     def rotate(self, name: str, *, now: int | None = None) -> KeyRef:
         """Create and persist a new version of ``name``; older versions stay usable."""
         ...
+
+
+@runtime_checkable
+class ManagedKeyStore(KeyStore, Protocol):
+    """What the key ceremonies need on top of :class:`KeyStore`.
+
+    A revoked key version stays listed, with its public facts, but the store
+    refuses to sign or to diversify with it.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the keys are (a directory or a PKCS#11 URI without its PIN)."""
+        ...
+
+    def infos(self) -> list[KeyInfo]:
+        """The public facts of every key version, in :meth:`refs` order."""
+        ...
+
+    def generate(self, name: str, *, now: int) -> KeyRef:
+        """Create version 1 of a key named in KEY_SPECS that the store does not hold yet."""
+        ...
+
+    def revoke(self, ref: KeyRef, *, now: int) -> None:
+        """Mark a key version revoked (for good): it no longer signs or diversifies."""
+        ...
+
+    def import_master(self, ref: KeyRef, key: bytes, *, now: int) -> None:
+        """Import an AES master key version (a restore ceremony). Refuses a version
+        the store already holds."""
+        ...
+
+    def export_master(self, ref: KeyRef) -> bytes:
+        """The clear value of an AES master key, for a backup split among custodians.
+        An HSM refuses: its master keys are not extractable."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ManagedKeyStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def revoked_error(ref: KeyRef, when: int) -> str:
+    """The message with which a store refuses to use a revoked key."""
+    return f"key {ref} is revoked (since unix time {when}); refusing to use it"

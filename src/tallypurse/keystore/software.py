@@ -12,6 +12,7 @@ File format (``keystore.json``, UTF-8 JSON, binary values as lowercase hex)::
       "keys": [
         {"name": ..., "version": n, "kind": "ec-p256" | "aes-128", "created": unix seconds,
          "public_key": hex | null, "certificate": hex | null, "kcv": hex | null,
+         ["revoked": unix seconds,]  (present only once the version is revoked)
          "nonce": hex(12), "ciphertext": hex},
         ...
       ]
@@ -22,7 +23,8 @@ Argon2id under the stored salt and parameters. With it, AES-256-GCM encrypts
 
 * each entry's secret (the 32-byte P-256 private scalar, or the 16-byte AES
   key), with the canonical JSON of the format and the entry's clear fields
-  (name, version, kind, created, public key, certificate, KCV) as associated
+  (name, version, kind, created, public key, certificate, KCV and, once
+  revoked, the revocation time) as associated
   data, so an entry whose metadata or ciphertext was swapped or edited does
   not decrypt;
 * the *seal*: the sorted list of every key reference, with the canonical JSON
@@ -46,7 +48,7 @@ import threading
 import time
 import unicodedata
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -69,6 +71,7 @@ from tallypurse.keystore.base import (
     ROOT_VALIDITY,
     KeyInfo,
     KeyKind,
+    revoked_error,
 )
 
 FORMAT = "tallypurse-keystore"
@@ -228,7 +231,7 @@ def _seal_ad(salt: bytes, params: KdfParams) -> bytes:
 
 
 def _entry_public(info: KeyInfo) -> dict[str, Any]:
-    return {
+    out: dict[str, Any] = {
         "name": info.ref.name,
         "version": info.ref.version,
         "kind": str(info.kind),
@@ -237,6 +240,11 @@ def _entry_public(info: KeyInfo) -> dict[str, Any]:
         "certificate": None if info.certificate is None else info.certificate.encode().hex(),
         "kcv": None if info.kcv is None else info.kcv.hex(),
     }
+    # Only revoked entries carry the field, so that entries written before revocation
+    # existed keep their associated data (and still decrypt).
+    if info.revoked is not None:
+        out["revoked"] = info.revoked
+    return out
 
 
 def _entry_ad(info: KeyInfo) -> bytes:
@@ -388,6 +396,10 @@ class SoftwareKeyStore:
         return self._directory
 
     @property
+    def location(self) -> str:
+        return str(self._directory)
+
+    @property
     def path(self) -> Path:
         return self._directory / KEYSTORE_FILE
 
@@ -529,10 +541,13 @@ class SoftwareKeyStore:
         return [self.info(ref) for ref in self.refs()]
 
     def sign(self, ref: KeyRef, data: bytes) -> bytes:
-        return crypto.sign(self._ec_key(ref), data)
+        key = self._ec_key(ref)
+        self._check_not_revoked(ref)
+        return crypto.sign(key, data)
 
     def signer(self, ref: KeyRef) -> Signer:
         self._ec_key(ref)
+        self._check_not_revoked(ref)
         return _StoreSigner(self, ref)
 
     def public_key(self, ref: KeyRef) -> bytes:
@@ -555,6 +570,7 @@ class SoftwareKeyStore:
 
     def diversify(self, master: KeyRef, purpose: bytes, serial: bytes) -> bytes:
         key = self._aes_key(master)
+        self._check_not_revoked(master)
         try:
             return crypto.diversify(key, purpose, serial)
         except ValueError as exc:
@@ -613,6 +629,77 @@ class SoftwareKeyStore:
                 raise
             return entry.info.ref
 
+    # --- Ceremonies (ManagedKeyStore) -----------------------------------------------------
+
+    def generate(self, name: str, *, now: int) -> KeyRef:
+        """A software keystore holds every named key from its creation on, so this only
+        refuses (with the way forward); an HSM token can receive its keys one by one."""
+        self._check_open()
+        if name not in KEY_SPECS:
+            raise KeystoreError(f"unknown key {name!r}")
+        raise KeystoreError(
+            f"the keystore already holds {self.current(name)}; "
+            f"use 'rotate {name}' for a new version"
+        )
+
+    def revoke(self, ref: KeyRef, *, now: int) -> None:
+        """Mark a key version revoked; it stays listed but no longer signs or diversifies."""
+        _check_time(now, "now")
+        with self._lock:
+            entry = self._entry(ref)
+            if entry.info.revoked is not None:
+                raise KeystoreError(f"key {ref} is already revoked")
+            info = replace(entry.info, revoked=now)
+            secret = (
+                entry._aes.reveal()
+                if entry._aes is not None
+                else crypto.private_scalar(self._ec_key(ref))
+            )
+            nonce = crypto.random_bytes(NONCE_LEN)
+            ciphertext = self._aead.encrypt(nonce, secret, _entry_ad(info))
+            updated = _Entry(info, nonce, ciphertext, ec_key=entry._ec, aes_key=entry._aes)
+            self._entries[ref] = updated
+            try:
+                self._save(creating=False)
+            except BaseException:
+                self._entries[ref] = entry
+                raise
+
+    def import_master(self, ref: KeyRef, key: bytes, *, now: int) -> None:
+        """Add an AES master key version restored from custodians' shares."""
+        self._check_open()
+        _check_time(now, "now")
+        spec = KEY_SPECS.get(ref.name)
+        if spec is None or spec.kind != KeyKind.AES_128:
+            raise KeystoreError(f"{ref.name!r} is not an AES master key")
+        if not isinstance(key, bytes) or len(key) != AES_KEY_LEN:
+            raise BadInput(f"a master key is {AES_KEY_LEN} bytes")
+        if not 1 <= ref.version <= 2**31 - 1:
+            raise BadInput("key version must be in 1..2^31-1")
+        with self._lock:
+            if ref in self._entries:
+                raise KeystoreError(f"the keystore already holds {ref}")
+            info = KeyInfo(ref=ref, kind=spec.kind, created=now, kcv=crypto.key_check_value(key))
+            nonce = crypto.random_bytes(NONCE_LEN)
+            entry = _Entry(
+                info, nonce, self._aead.encrypt(nonce, key, _entry_ad(info)), aes_key=_Secret(key)
+            )
+            previous = self._current.get(ref.name)
+            self._add(entry)
+            try:
+                self._save(creating=False)
+            except BaseException:
+                del self._entries[ref]
+                if previous is None:
+                    self._current.pop(ref.name, None)
+                else:
+                    self._current[ref.name] = previous
+                raise
+
+    def export_master(self, ref: KeyRef) -> bytes:
+        """The clear value of an AES master key, for a backup ceremony only."""
+        return self._aes_key(ref)
+
     # --- Trust bundle ---------------------------------------------------------------
 
     def export_public(self) -> dict[str, Any]:
@@ -647,6 +734,11 @@ class SoftwareKeyStore:
     def _check_open(self) -> None:
         if self._closed:
             raise KeystoreError("the keystore is closed")
+
+    def _check_not_revoked(self, ref: KeyRef) -> None:
+        when = self._entry(ref).info.revoked
+        if when is not None:
+            raise KeystoreError(revoked_error(ref, when))
 
     def _ec_key(self, ref: KeyRef) -> ec.EllipticCurvePrivateKey:
         entry = self._entry(ref)
@@ -824,6 +916,7 @@ def _parse_entry(item: object, where: str) -> tuple[KeyInfo, bytes, bytes]:
     if kind != spec.kind:
         _bad(f"{where}.kind", f"must be {str(spec.kind)!r}")
     created = _int(item, "created", where, 0, MAX_TIME)
+    revoked = _int(item, "revoked", where, 0, MAX_TIME) if "revoked" in item else None
     nonce = _hex_req(item, "nonce", where, length=NONCE_LEN)
     ciphertext = _hex_req(item, "ciphertext", where)
     if spec.kind == KeyKind.AES_128:
@@ -834,7 +927,8 @@ def _parse_entry(item: object, where: str) -> tuple[KeyInfo, bytes, bytes]:
         kcv = _hex_req(item, "kcv", where, length=3)
         if len(ciphertext) != AES_KEY_LEN + TAG_LEN:
             _bad(f"{where}.ciphertext", f"must be {AES_KEY_LEN + TAG_LEN} bytes")
-        return KeyInfo(ref=ref, kind=spec.kind, created=created, kcv=kcv), nonce, ciphertext
+        info = KeyInfo(ref=ref, kind=spec.kind, created=created, kcv=kcv, revoked=revoked)
+        return info, nonce, ciphertext
     if _field(item, "kcv", where) is not None:
         _bad(f"{where}.kcv", "must be null for an EC key")
     public = _hex_req(item, "public_key", where, length=crypto.PUB_LEN)
@@ -849,7 +943,12 @@ def _parse_entry(item: object, where: str) -> tuple[KeyInfo, bytes, bytes]:
     if len(ciphertext) != EC_SCALAR_LEN + TAG_LEN:
         _bad(f"{where}.ciphertext", f"must be {EC_SCALAR_LEN + TAG_LEN} bytes")
     info = KeyInfo(
-        ref=ref, kind=spec.kind, created=created, public_key=public, certificate=certificate
+        ref=ref,
+        kind=spec.kind,
+        created=created,
+        public_key=public,
+        certificate=certificate,
+        revoked=revoked,
     )
     return info, nonce, ciphertext
 

@@ -16,6 +16,7 @@ transactions. See docs/terminal.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time as _time
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from tallypurse.core import crypto
+from tallypurse.core import cert, crypto
 from tallypurse.core import sw as SW
 from tallypurse.core.cert import KeyRef
 from tallypurse.core.errors import BadInput, CardError, CertificateError, DecodeError
@@ -69,7 +70,7 @@ from tallypurse.core.protocol import (
     TxType,
 )
 from tallypurse.core.purse_client import PurchaseSession, PurseClient, debit_event
-from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL
+from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL, PURPOSE_REQUEST
 from tallypurse.core.transport import ApduClient
 from tallypurse.sam import Sam
 
@@ -100,6 +101,7 @@ from .reader import Reader
 from .receipts import Receipt
 
 SAM_FILE = "sam.json"
+CARD_KEY_CACHE = 8192
 JOURNAL_FILE = "journal.db"
 CONFIG_FILE = "terminal.json"
 
@@ -258,6 +260,7 @@ class Terminal:
         self.terminal_id = sam.terminal_id
         self.merchant_id = db.get_meta("merchant_id") or ""
         self._credit_ok: dict[bytes, bool] = {}
+        self._card_keys: dict[bytes, tuple[bytes, int, int]] = {}
         self._batch_results: list[dict[str, Any]] = []
 
     # --- life cycle ----------------------------------------------------------------------------
@@ -427,6 +430,21 @@ class Terminal:
     def _now(self) -> int:
         return int(self.clock())
 
+    def request_signer(self) -> Callable[[str, str, bytes], dict[str, str]]:
+        """The ``sign_request`` hook for :class:`HttpHostClient`: RFC 9421 headers
+        signed inside the SAM (purpose request), see :mod:`tallypurse.core.httpsig`."""
+        from tallypurse.core.httpsig import sign_request
+
+        key_id = self.terminal_id.hex()
+
+        def sign(method: str, url: str, body: bytes) -> dict[str, str]:
+            return sign_request(
+                method, url, body, key_id=key_id, created=self._now(),
+                signer=lambda base: self.sam.sign(base, purpose=PURPOSE_REQUEST),
+            )
+
+        return sign
+
     def _sign_journal(self, digest: bytes) -> bytes:
         return self.sam.sign(digest, purpose=PURPOSE_JOURNAL)
 
@@ -483,20 +501,32 @@ class Terminal:
             raise Declined(DeclineCode.CARD_ERROR, f"{what}: {exc.message}") from None
 
     def _card_key(self, tap: _Tap) -> bytes:
-        if tap.card_key is None:
-            raw = self._call(tap.purse.certificate, "reading the card certificate")
-            try:
-                tap.card_key = self.sam.verify_card_certificate(
-                    raw, card_id=tap.card_id, at=tap.now
-                )
-            except CertificateError as exc:
-                code = (
-                    DeclineCode.CARD_EXPIRED
-                    if "not valid at this time" in exc.message
-                    else DeclineCode.CARD_UNKNOWN_ISSUER
-                )
-                raise Declined(code, f"card certificate: {exc.message}") from None
-        return tap.card_key
+        """The card's public key, from its certificate verified by the SAM. A card seen
+        before costs nothing: its key and validity are kept by card id (the TAC, checked
+        at every tap, proves the card still holds that key); a miss reads the
+        certificate (one APDU) and has the SAM verify it."""
+        if tap.card_key is not None:
+            return tap.card_key
+        known = self._card_keys.get(tap.card_id)
+        if known is not None and known[1] <= tap.now <= known[2]:
+            tap.card_key = known[0]
+            return known[0]
+        raw = self._call(tap.purse.certificate, "reading the card certificate")
+        try:
+            key = self.sam.verify_card_certificate(raw, card_id=tap.card_id, at=tap.now)
+            parsed = cert.parse(raw)
+        except CertificateError as exc:
+            code = (
+                DeclineCode.CARD_EXPIRED
+                if "not valid at this time" in exc.message
+                else DeclineCode.CARD_UNKNOWN_ISSUER
+            )
+            raise Declined(code, f"card certificate: {exc.message}") from None
+        if len(self._card_keys) >= CARD_KEY_CACHE:
+            self._card_keys.pop(next(iter(self._card_keys)))
+        self._card_keys[tap.card_id] = (key, parsed.not_before, parsed.not_after)
+        tap.card_key = key
+        return key
 
     def _check_card(self, tap: _Tap, *, flags: int, expiry: int | None, currency: int) -> None:
         if flags & FLAG_BLOCKED:
@@ -744,6 +774,22 @@ class Terminal:
         return self._receipt(label, ev, seq, reference=reference if kind == "load" else "",
                              tac=signed.tac, recovered=recovered)
 
+    def _commit_or_interrupt(self, attempt: int, kind: str, signed: SignedEvent, *,
+                             reference: str = "") -> Receipt:
+        """Journal what the card committed; if the journal refuses the write, the attempt
+        stays open (pending or uncertain) and the card's next tap records it."""
+        try:
+            return self._commit_event(attempt, kind, signed, reference=reference)
+        except TerminalError as exc:
+            with contextlib.suppress(TerminalError):
+                self._finish(attempt, signed.event.card_id, UNCERTAIN,
+                             detail=f"journal write failed: {exc.message}")
+            raise TapInterrupted(
+                f"the card completed the {kind} but the journal could not record it "
+                f"({exc.message}); it is kept as uncertain: tap the same card again "
+                "(no receipt until then)", attempt,
+            ) from exc
+
     # --- offline and split purchase --------------------------------------------------------------
     def purchase(
         self, reader: Reader, amount: int, *, tx_type: str = "general", online: bool | None = None
@@ -815,7 +861,7 @@ class Terminal:
             self._finish(attempt, tap.card_id, DECLINED, code=DeclineCode.TAC_INVALID,
                          detail="TAC does not verify")
             raise Declined(DeclineCode.TAC_INVALID, "the card's transaction certificate is bad")
-        receipt = self._commit_event(attempt, "debit", signed)
+        receipt = self._commit_or_interrupt(attempt, "debit", signed)
         return TapResult(receipt, False, tap.resolutions, tap.writebacks)
 
     def _credit_record_valid(self, raw: bytes, verify: Callable[[bytes], bool]) -> bool:
@@ -1036,7 +1082,7 @@ class Terminal:
             self._finish(attempt, tap.card_id, DECLINED, code=DeclineCode.TAC_INVALID,
                          detail="the load record does not verify")
             raise Declined(DeclineCode.TAC_INVALID, "the card's load record is bad")
-        receipt = self._commit_event(attempt, "load", signed, reference=key)
+        receipt = self._commit_or_interrupt(attempt, "load", signed, reference=key)
         self.flush(kinds=(Kind.CONFIRM_LOAD,))
         return TapResult(receipt, False, tap.resolutions, tap.writebacks)
 
@@ -1108,7 +1154,7 @@ class Terminal:
             self._finish(attempt, tap.card_id, DECLINED, code=DeclineCode.TAC_INVALID,
                          detail="TAC does not verify")
             raise Declined(DeclineCode.TAC_INVALID, "the card's cancel certificate is bad")
-        receipt = self._commit_event(attempt, "cancel", signed,
+        receipt = self._commit_or_interrupt(attempt, "cancel", signed,
                                      reference=f"cancels-{entry.seq}")
         return TapResult(receipt, False, tap.resolutions, tap.writebacks)
 

@@ -86,8 +86,8 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 batch_id TEXT,
                 reject_code INTEGER,
                 reject_reason TEXT)""",
-            """CREATE INDEX journal_status ON journal(status, seq)""",
-            """CREATE INDEX journal_card ON journal(card_id, seq)""",
+            # no secondary index on journal: each one is another page in every tap's commit;
+            # the rare scans (close-day, cancel) walk the table from its newest entry
             """CREATE TABLE outbox (
                 id INTEGER PRIMARY KEY,
                 kind TEXT NOT NULL,
@@ -187,9 +187,10 @@ class Database:
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA busy_timeout=5000")
-            self._migrate()
+            self.conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         except sqlite3.DatabaseError as exc:
             raise JournalCorrupt(f"{self.path} is not a usable terminal journal: {exc}") from None
+        self._migrate()
 
     def _migrate(self) -> None:
         self.conn.execute(
@@ -214,9 +215,11 @@ class Database:
                     "INSERT INTO schema_migrations(version, name) VALUES (?, ?)", (number, name)
                 )
                 self.conn.execute("COMMIT")
-            except BaseException:
+            except sqlite3.Error as exc:
                 self.conn.execute("ROLLBACK")
-                raise
+                raise TerminalError(
+                    f"journal migration {number} ({name}) failed, nothing changed: {exc}"
+                ) from None
 
     @property
     def schema_version(self) -> int:
@@ -326,10 +329,23 @@ _CONTENT = ("seq", "kind", "time", "card_id", "tx_type", "amount", "split", "cur
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """A journal entry computed and signed outside any transaction, ready to append."""
+    """A journal entry computed and signed outside any transaction, ready to append.
+    (Plain values: no model validation on the tap path.)"""
 
-    entry: JournalEntry
+    fields: dict[str, Any]
+    prev_hash: bytes
+    entry_hash: bytes
+    signature: bytes
     attempt: int | None
+
+    @property
+    def seq(self) -> int:
+        return int(self.fields["seq"])
+
+    @property
+    def entry(self) -> JournalEntry:
+        return JournalEntry(**self.fields, prev_hash=self.prev_hash.hex(),
+                            entry_hash=self.entry_hash.hex(), sam_signature=self.signature.hex())
 
 
 class Journal:
@@ -514,7 +530,7 @@ class Journal:
         """Build and sign the next entry (``after`` another prepared one in the same
         transaction). Nothing is written: :meth:`append` does that."""
         if after is not None:
-            prev_seq, prev_hash = after.entry.seq, bytes.fromhex(after.entry.entry_hash)
+            prev_seq, prev_hash = after.seq, after.entry_hash
         else:
             prev_seq, prev_hash = self.head
         fields: dict[str, Any] = {
@@ -530,30 +546,25 @@ class Journal:
             "reference": reference,
         }
         digest = entry_hash(prev_hash, fields)
-        entry = JournalEntry(
-            **fields,
-            prev_hash=prev_hash.hex(),
-            entry_hash=digest.hex(),
-            sam_signature=sign(digest).hex(),
-        )
-        return Prepared(entry, attempt)
+        return Prepared(fields, prev_hash, digest, sign(digest), attempt)
 
     def append(self, tx: Tx, prepared: Prepared) -> int:
-        e = prepared.entry
+        f = prepared.fields
+        seq = prepared.seq
         head_seq, head_hash = tx.journal_head or self.head
-        if e.seq != head_seq + 1 or e.prev_hash != head_hash.hex():
+        if seq != head_seq + 1 or prepared.prev_hash != head_hash:
             raise TerminalError("journal entry prepared against an old head")
         tx.execute(
             "INSERT INTO journal(seq, kind, time, card_id, tx_type, amount, split, currency, "
             "record, reference, prev_hash, entry_hash, sam_signature, attempt) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
-                e.seq, e.kind, e.time, e.card_id, e.tx_type, e.amount, e.split, e.currency,
-                e.record, e.reference, bytes.fromhex(e.prev_hash), bytes.fromhex(e.entry_hash),
-                bytes.fromhex(e.sam_signature), prepared.attempt,
+                seq, f["kind"], f["time"], f["card_id"], f["tx_type"], f["amount"], f["split"],
+                f["currency"], f["record"], f["reference"], prepared.prev_hash,
+                prepared.entry_hash, prepared.signature, prepared.attempt,
             ),
         )
-        head = (e.seq, bytes.fromhex(e.entry_hash))
+        head = (seq, prepared.entry_hash)
         tx.journal_head = head
 
         def done() -> None:
@@ -561,7 +572,7 @@ class Journal:
             self.open_entries += 1
 
         tx.after_commit.append(done)
-        return e.seq
+        return seq
 
     def entry(self, seq: int) -> JournalEntry | None:
         rows = self._entries("WHERE seq = ?", (seq,))
@@ -675,6 +686,13 @@ class Journal:
         if last is None:
             return 0
         n = tx.execute("DELETE FROM journal WHERE seq < ?", (stop,)).rowcount
+        # finished attempts whose outcome the host now has (or that never produced one)
+        tx.execute(
+            "DELETE FROM attempts WHERE state IN ('committed', 'declined') "
+            "AND (journal_seq IS NULL OR journal_seq < ?) "
+            "AND id < (SELECT max(id) FROM attempts)",
+            (stop,),
+        )
         Database.set_meta(tx, "chain_anchor_seq", str(last[0]))
         Database.set_meta(tx, "chain_anchor_hash", bytes(last[1]).hex())
         anchor = (int(last[0]), bytes(last[1]))

@@ -13,6 +13,7 @@ that command is then unknown, which is what the journal's *uncertain* state is f
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
@@ -105,27 +106,48 @@ class PcscReader:
                 return r
         raise TerminalError(f"no PC/SC reader named {self._wanted!r}")
 
-    def card_present(self) -> bool:
+    @staticmethod
+    def _open(reader: Any) -> Any:
+        """A connection that leaves the card powered when it closes (a reset would end
+        the card session of any other connection)."""
+        conn = reader.createConnection()
         try:
-            reader = self._reader or self._pick()
-            conn = reader.createConnection()
+            from smartcard.scard import SCARD_LEAVE_CARD
+        except ImportError:
             conn.connect()
-            conn.disconnect()
+        else:
+            conn.connect(disposition=SCARD_LEAVE_CARD)
+        return conn
+
+    @staticmethod
+    def _close(conn: Any) -> None:
+        for step in ("disconnect", "release"):
+            fn = getattr(conn, step, None)
+            if fn is not None:
+                with contextlib.suppress(Exception):
+                    fn()
+
+    def card_present(self) -> bool:
+        if self._conn is not None:
             return True
-        except TerminalError:
-            raise
+        reader = self._reader or self._pick()
+        try:
+            conn = self._open(reader)
         except Exception:
             return False
+        self._close(conn)
+        return True
 
     def connect(self) -> None:
+        """Connect to the card in the field; an open connection is kept across taps."""
+        if self._conn is not None:
+            return
         self._reader = self._reader or self._pick()
         self.name = str(self._reader)
         try:
-            conn = self._reader.createConnection()
-            conn.connect()
+            self._conn = self._open(self._reader)
         except Exception as exc:
             raise CardLost(f"no card on {self.name}: {exc}") from exc
-        self._conn = conn
 
     def transmit(self, apdu: bytes) -> bytes:
         if self._conn is None:
@@ -133,13 +155,11 @@ class PcscReader:
         try:
             data, sw1, sw2 = self._conn.transmit(list(apdu))
         except Exception as exc:
-            self._conn = None
+            self.disconnect()
             raise CardLost(f"card lost on {self.name}: {exc}") from exc
         return bytes(data) + bytes([sw1, sw2])
 
     def disconnect(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.disconnect()
-            finally:
-                self._conn = None
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._close(conn)

@@ -13,8 +13,6 @@ to, and anything not committed is rolled back when the block ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -138,11 +136,3 @@ class UnitOfWork:
     def lock(self, stmt: Any) -> Any:
         """``stmt`` with FOR UPDATE on PostgreSQL (SQLite transactions are already exclusive)."""
         return stmt.with_for_update() if self.db.postgres else stmt
-
-
-@contextmanager
-def transaction(db: Database) -> Iterator[Session]:
-    """A session in a transaction that commits if the block succeeds."""
-    with db.uow() as uow:
-        yield uow.session
-        uow.commit()

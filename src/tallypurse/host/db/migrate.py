@@ -8,6 +8,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import text
 
 from tallypurse.host.db.engine import Database
 
@@ -32,10 +33,16 @@ def current_revision(db: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+# Several hosts starting at once on one PostgreSQL database migrate one after the other.
+ADVISORY_LOCK = 0x7470_6D69  # "tpmi"
+
+
 def upgrade(db: Database, revision: str = "head") -> str | None:
     """Bring the schema to ``revision``; returns the revision it is at afterwards."""
     cfg = _config(db)
     with db.engine.begin() as conn:
+        if db.postgres:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)
     return current_revision(db)

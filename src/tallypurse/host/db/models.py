@@ -184,7 +184,6 @@ class Terminal(Base):
     last_batch_at: Mapped[int | None] = Time(nullable=True)
     journal_contiguous: Mapped[int] = mapped_column(BigInteger, default=0)
     journal_max: Mapped[int] = mapped_column(BigInteger, default=0)
-    journal_head_hash: Mapped[str] = mapped_column(String(128), default="")
     created: Mapped[int] = Time()
 
 

@@ -103,7 +103,6 @@ def personalise(
     client = ApduClient(transport)
     card_isd = isd_keys(ks, serial)
     card_sd = sd_keys(ks, serial)
-    app_version, app = app_key(ks, serial)
 
     # 1. Card manager: replace the transport keys, create the operator's domain.
     isd = SecureChannel.open(client, ISD_AID, transport_keys)
@@ -120,6 +119,37 @@ def personalise(
 
     # 2. Operator's domain: install and personalise the purse.
     sd = SecureChannel.open(client, OPERATOR_SD_AID, card_sd)
+    card_cert, public_key, expiry, app_version = install_purse(
+        sd, ks, serial=serial, policy=policy, now=now, credit=credit
+    )
+
+    # 3. Card manager: the card goes into the field.
+    isd = SecureChannel.open(client, ISD_AID, card_isd)
+    isd.set_card_life(CardLifeCycle.SECURED)
+    return IssuedCard(
+        serial, card_cert, public_key, expiry, card_isd.version, card_sd.version, app_version
+    )
+
+
+def install_purse(
+    sd: SecureChannel,
+    ks: KeyStore,
+    *,
+    serial: bytes,
+    policy: PursePolicy,
+    now: int,
+    credit: CreditRecord | None = None,
+) -> tuple[bytes, bytes, int, int]:
+    """Install the purse into the domain ``sd`` is open on and personalise it: card id
+    ``serial``, APP key, issuer root, key pair generated on the card, certificate.
+
+    Used by :func:`personalise` (operator domain of a new card) and by the phone wallet
+    (the phone's own domain, also over the air on a phone already in the field).
+    Returns (certificate, card public key, expiry, APP key version).
+    """
+    if credit is not None and credit.card_id != serial:
+        raise BadInput("credit record is for another card")
+    app_version, app = app_key(ks, serial)
     sd.install(package=PURSE_PACKAGE_AID, module=PURSE_MODULE_AID, aid=PURSE_AID)
     sd.install_for_personalisation(PURSE_AID)
     root_ref = ks.current(ISSUER_ROOT)
@@ -156,17 +186,9 @@ def personalise(
     ).encode()
     last = tlv.encode(T_CERTIFICATE, card_cert)
     if credit is not None:
-        if credit.card_id != serial:
-            raise BadInput("credit record is for another card")
         last += tlv.encode(T_CREDIT_RECORD, signed_credit_record(ks, credit))
     sd.store_data(last, block=2, last=True)
-
-    # 3. Card manager: the card goes into the field.
-    isd = SecureChannel.open(client, ISD_AID, card_isd)
-    isd.set_card_life(CardLifeCycle.SECURED)
     parsed = cert.parse(card_cert)
     if parsed.public_key != public_key:  # pragma: no cover - issue_certificate bug guard
         raise CryptoError("issued certificate does not carry the card key")
-    return IssuedCard(
-        serial, card_cert, public_key, expiry, card_isd.version, card_sd.version, app_version
-    )
+    return card_cert, public_key, expiry, app_version

@@ -54,7 +54,8 @@ def upgrade() -> None:
     dialect = op.get_bind().dialect.name
     for statement in POSTGRES if dialect == "postgresql" else SQLITE:
         op.execute(statement)
-    heads = sa.table("list_heads", sa.column("name", sa.String), sa.column("version", sa.BigInteger))
+    heads = sa.table("list_heads", sa.column("name", sa.String),
+                     sa.column("version", sa.BigInteger))
     op.bulk_insert(heads, [{"name": "blacklist", "version": 0}, {"name": "actions", "version": 0}])
 
 

@@ -1,0 +1,109 @@
+"""``tallypurse host``: migrate, audit (JSON, exit status), tokens, and serve on a fresh
+machine with no configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from tallypurse.cli.main import app
+from tallypurse.host.db.engine import Database
+from tallypurse.host.db.models import Account
+
+from .world import World
+
+runner = CliRunner()
+
+
+def db_url(database: Database) -> str:
+    url = database.engine.url
+    if database.postgres:
+        with database.engine.connect() as conn:
+            schema = conn.execute(sa.text("SELECT current_schema()")).scalar_one()
+        return url.set(query={"options": f"-csearch_path={schema}"}).render_as_string(False)
+    return url.render_as_string(False)
+
+
+def test_migrate_creates_the_schema_and_the_keystore_in_a_fresh_data_dir(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["host", "migrate", "--data-dir", str(tmp_path / "h")],
+                           env={"TALLYPURSE_KEYSTORE_PASSPHRASE": "a long passphrase"})
+    assert result.exit_code == 0, result.output
+    assert "revision 0002" in result.output
+    assert (tmp_path / "h" / "host.sqlite3").is_file()
+    assert (tmp_path / "h" / "keystore" / "keystore.json").is_file()
+    audit = runner.invoke(app, ["host", "audit", "--json", "--data-dir", str(tmp_path / "h")],
+                          env={"TALLYPURSE_KEYSTORE_PASSPHRASE": "a long passphrase"})
+    assert audit.exit_code == 0 and json.loads(audit.output)["balanced"] is True
+
+
+def test_audit_reports_differences_and_exits_1_when_the_ledger_is_off(
+        world: World, tmp_path: Path) -> None:
+    card = world.card()
+    world.load(card, 1_000)
+    args = ["host", "audit", "--json", "--db", db_url(world.host.db),
+            "--data-dir", str(tmp_path / "ops")]
+    env = {"TALLYPURSE_KEYSTORE_PASSPHRASE": "another passphrase"}
+    ok = runner.invoke(app, args, env=env)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["balanced"] is True
+    with world.host.db.engine.begin() as conn:
+        conn.execute(sa.update(Account).where(Account.kind == "cash").values(balance=1))
+    off = runner.invoke(app, args, env=env)
+    assert off.exit_code == 1
+    report = json.loads(off.output)
+    assert report["balanced"] is False
+    assert report["differences"]["accounts"][0]["account"] == "cash:EUR"
+
+
+def test_a_bad_database_url_is_one_line_and_exit_status_2(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["host", "audit", "--db", "mysql://x/y", "--data-dir",
+                                 str(tmp_path)])
+    assert result.exit_code == 2
+    assert "unsupported database" in result.output
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_serve_starts_with_no_configuration_and_answers_health(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TALLYPURSE_")}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tallypurse.cli.main", "host", "serve", "--port", str(port),
+             "--workers", "2"], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "serve did not become ready"
+            time.sleep(0.5)
+        assert ready.json()["schema"] == "0002"
+        assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+        unsigned = httpx.post(f"http://127.0.0.1:{port}/v1/terminal/sync", content=b"{}")
+        assert unsigned.status_code == 401 and unsigned.json()["code"] == 2101
+        assert (tmp_path / "tallypurse-host" / "host.sqlite3").is_file()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
