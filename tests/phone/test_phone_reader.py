@@ -283,7 +283,7 @@ def test_a_host_that_does_not_acknowledge_leaves_the_load_unconfirmed_but_kept(
     assert result.event.event.balance_after == 700 == balance(card)
 
 
-# --- `phone topup` over HTTP (HttpHostClient), requests signed by the phone's SAM -------------------
+# --- `phone topup` over HTTP (HttpHostClient), requests signed by the phone's SAM ---------
 @pytest.fixture
 def http_host(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
     """A host answering the phone's HTTP requests in process: it checks each request's

@@ -142,3 +142,7 @@ def test_a_pulled_card_during_a_write_back_is_resolved_from_its_counter(
     result = terminal.resolve(purse.reader)
     assert [r.outcome for r in result.resolutions] == [COMMITTED]
     assert purse.client().card_data().flags & 0x01  # blocked
+    # The card answered its receipt again, so the host still learns what was applied.
+    assert "receipt recovered" in result.resolutions[0].detail
+    terminal.flush()
+    assert len(host.writeback_reports) == 1

@@ -671,6 +671,11 @@ class PurseApplet(Applet):
         if header.card_id != cfg.card_id:
             raise ISOException(SW.WRONG_DATA, "write-back for another card")
         if header.seq <= ctr.writeback_seq:
+            last = self.ctx.store.get("wbr")
+            if header.seq == ctr.writeback_seq and last is not None:
+                # The last write-back again (its answer was lost): answer the same receipt.
+                if WriteBackReceipt.parse(last[: WriteBackReceipt.size()]).seq == header.seq:
+                    return last
             raise ISOException(SW.REPLAY, "write-back already applied")
         action = WriteBackAction(header.action)
         result = 0
@@ -709,7 +714,9 @@ class PurseApplet(Applet):
         self._put_counters(ctr)
         receipt = WriteBackReceipt(cfg.card_id, header.seq, header.action, result, ctr.atc,
                                    ctr.balance)
-        return receipt.to_bytes() + receipt_mac(app_key, receipt)
+        answer = receipt.to_bytes() + receipt_mac(app_key, receipt)
+        self.ctx.store.put("wbr", answer)
+        return answer
 
     # --- personalisation (STORE DATA through the purse's security domain) -------------------
     _ONCE = frozenset({T_CARD_ID, T_CURRENCY, T_LOG_SIZE})

@@ -108,12 +108,13 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(EXIT_ERROR)
 
 
-def _open(spec: str) -> ManagedKeyStore:
+def _open(spec: str, *, allow_empty: bool = False) -> ManagedKeyStore:
     try:
         return locate.open_keystore(
             spec,
             passphrase=lambda: passphrase_from_env_or_prompt(confirm=False),
             pin=_pin_prompt,
+            allow_empty=allow_empty,
         )
     except TallypurseError as exc:
         fail(exc.message)
@@ -330,10 +331,14 @@ def generate(
         fail(f"unknown key {name!r} (known: {', '.join(KEY_SPECS)})")
     log = _log_for(keystore, ceremony_log)
     _check_log(log)
-    with _open(keystore) as store:
+    with _open(keystore, allow_empty=True) as store:
         held = [r for r in store.refs() if r.name == name]
         if held:
             fail(f"the keystore already holds {held[-1]}; use 'rotate {name}' for a new version")
+        spec = KEY_SPECS[name]
+        if spec.kind == KeyKind.EC_P256 and name != ISSUER_ROOT:
+            if not any(r.name == ISSUER_ROOT for r in store.refs()):
+                fail(f"{name} is certified by {ISSUER_ROOT}: generate {ISSUER_ROOT} first")
         if dry_run:
             typer.echo(
                 f"dry run: would generate {name}/1 ({KEY_SPECS[name].kind}) in "
@@ -552,7 +557,7 @@ def restore(
     kcv = parts[0].key_kcv
     log = _log_for(keystore, ceremony_log)
     _check_log(log)
-    with _open(keystore) as store:
+    with _open(keystore, allow_empty=True) as store:
         held = ref in store.refs()
         if held:
             mine = store.info(ref).kcv

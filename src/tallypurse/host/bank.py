@@ -11,6 +11,7 @@ host process, and a restarted one, sees the same answer.
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -84,7 +85,8 @@ class SandboxBank:
         self.failing_ibans = failing_ibans
         self.seed = seed
         self.unavailable = unavailable
-        self.submitted: list[str] = []  # for tests and the simulator: what was asked
+        # The latest instruction ids asked for (for tests and the simulator); bounded.
+        self.submitted: deque[str] = deque(maxlen=10_000)
 
     def _decide(self, debit: DirectDebit) -> BankAnswer:
         if debit.iban in self.failing_ibans:

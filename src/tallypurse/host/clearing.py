@@ -51,6 +51,7 @@ from tallypurse.host.db.models import (
     JournalRecord,
     LoadRow,
     Terminal,
+    table,
 )
 from tallypurse.host.errors import (
     BATCH_SIGNATURE,
@@ -218,7 +219,7 @@ class Clearing:
                 broken.setdefault(it.card_id, f"seqno {it.seqno}: {problem}")
 
         if new:
-            s.execute(insert(CardEventRow), [self._row(it, now) for it in new])
+            s.execute(insert(table(CardEventRow)), [self._row(it, now) for it in new])
         for it in conflicts:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
                                     terminal_id=it.terminal_id, record=it.record,
@@ -445,7 +446,7 @@ class Clearing:
         _, pending = self.take(s, cards, [inc for _, inc in events])
         accepted = [e.seq for e in taken]
         if taken:
-            s.execute(insert(JournalRecord), [{
+            s.execute(insert(table(JournalRecord)), [{
                 "terminal_id": tid, "seq": e.seq, "kind": e.kind, "card_id": e.card_id,
                 "amount": e.amount, "split": e.split, "currency": e.currency, "time": e.time,
                 "reference": e.reference[:160], "entry_hash": e.entry_hash,

@@ -33,14 +33,14 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, cast
+from typing import Any
 
-from sqlalchemy import Table, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tallypurse.core.errors import TallypurseError
-from tallypurse.host.db.models import Account, LedgerTransaction, Posting
+from tallypurse.host.db.models import Account, LedgerTransaction, Posting, table
 
 
 class Kind(StrEnum):
@@ -199,13 +199,9 @@ class Ledger:
         ]
         if len({(r["kind"], r["reference"]) for r in txn_rows}) != len(txn_rows):
             raise LedgerError("the same transaction appears twice in one posting")
-        txn_ids = list(
-            self.session.scalars(
-                insert(LedgerTransaction).returning(LedgerTransaction.id,
-                                                    sort_by_parameter_order=True),
-                txn_rows,
-            )
-        )
+        txns = table(LedgerTransaction)
+        txn_ids = list(self.session.scalars(
+            insert(txns).returning(txns.c.id, sort_by_parameter_order=True), txn_rows))
         postings: list[dict[str, Any]] = []
         deltas: dict[int, int] = defaultdict(int)
         for txn_id, (_, legs) in zip(txn_ids, checked, strict=True):
@@ -214,14 +210,14 @@ class Ledger:
                 postings.append({"transaction_id": txn_id, "account_id": aid, "amount": amount,
                                  "currency": acct.currency})
                 deltas[aid] += amount
-        self.session.execute(insert(Posting), postings)
-        table = cast(Table, Account.__table__)
+        self.session.execute(insert(table(Posting)), postings)
+        accounts = table(Account)
         changes = [{"b_id": aid, "b_delta": d} for aid, d in sorted(deltas.items()) if d]
         if changes:
             self.session.execute(
-                update(table)
-                .where(table.c.id == bindparam("b_id"))
-                .values(balance=table.c.balance + bindparam("b_delta")),
+                update(accounts)
+                .where(accounts.c.id == bindparam("b_id"))
+                .values(balance=accounts.c.balance + bindparam("b_delta")),
                 changes,
             )
         return txn_ids

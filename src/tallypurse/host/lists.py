@@ -21,7 +21,7 @@ from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.hostapi import ActionEntry, BlacklistEntry, SignedList
-from tallypurse.host.db.models import Card, ListEntry, ListHead
+from tallypurse.host.db.models import Card, ListEntry, ListHead, table
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -49,7 +49,7 @@ class Lists:
         now = self.host.now()
         rows = [{"list_name": name, "version": first + i, "created": now, "reason": "", **e}
                 for i, e in enumerate(entries)]
-        session.execute(insert(ListEntry), rows)
+        session.execute(insert(table(ListEntry)), rows)
         return int(head)
 
     def blacklist(self, session: Session, card: Card, reason: str) -> bool:

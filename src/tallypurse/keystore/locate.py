@@ -44,9 +44,11 @@ def open_keystore(
     *,
     passphrase: Callable[[], str] | None = None,
     pin: Callable[[], str] | None = None,
+    allow_empty: bool = False,
 ) -> ManagedKeyStore:
     """Open an existing keystore. ``passphrase`` is asked for a directory only;
-    ``pin`` for a token only, and only when its URI names no pin-source."""
+    ``pin`` for a token only, and only when its URI names no pin-source.
+    ``allow_empty`` accepts a token without tallypurse keys yet."""
     if is_pkcs11(spec):
         _pkcs11_module()
         from tallypurse.keystore.pkcs11 import Pkcs11KeyStore, parse_uri
@@ -55,7 +57,7 @@ def open_keystore(
         given = uri.pin()
         if given is None and pin is not None:
             given = pin()
-        return Pkcs11KeyStore.open(uri, pin=given)
+        return Pkcs11KeyStore.open(uri, pin=given, allow_empty=allow_empty)
     from tallypurse.keystore.software import SoftwareKeyStore
 
     if passphrase is None:

@@ -334,13 +334,17 @@ class Pkcs11KeyStore:
         return _acquire(uri, pin if pin is not None else uri.pin())
 
     @classmethod
-    def open(cls, uri: str | Pkcs11Uri, *, pin: str | None = None) -> Pkcs11KeyStore:
-        """Open the token, read every tallypurse key and check each certificate."""
+    def open(
+        cls, uri: str | Pkcs11Uri, *, pin: str | None = None, allow_empty: bool = False
+    ) -> Pkcs11KeyStore:
+        """Open the token, read every tallypurse key and check each certificate.
+        A token with no tallypurse key is refused unless ``allow_empty`` (a ceremony
+        that generates or restores keys one by one)."""
         parsed = parse_uri(uri) if isinstance(uri, str) else uri
         store = cls(parsed, cls._session_for(parsed, pin))
         try:
             store._load()
-            if not store._entries:
+            if not store._entries and not allow_empty:
                 raise KeystoreError(
                     f"PKCS#11 token {parsed.token!r} holds no tallypurse keys "
                     "(run 'tallypurse keys init' on it first)"

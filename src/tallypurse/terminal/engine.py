@@ -59,6 +59,7 @@ from tallypurse.core.messages import (
     OnlineRequest,
     SignedEvent,
     WriteBackHeader,
+    WriteBackReceipt,
 )
 from tallypurse.core.money import MAX_MINOR, Currency, currency_by_numeric
 from tallypurse.core.money import currency as currency_of
@@ -626,24 +627,30 @@ class Terminal:
                         )
                         self.lists.mark_applied(tx, action, now, f"refused: {exc.message}")
                 continue
-            report = WriteBackReport(
-                action_id=action.action_id, card_id=tap.card_id.hex(),
-                receipt=receipt.to_bytes().hex(), mac=mac.hex(),
-            )
-            prepared = self.journal.prepare(
-                self._sign_journal, kind="writeback", time=now, card_id=tap.card_id,
-                tx_type=action.kind, amount=0, split=0, currency=cur,
-                reference=action.action_id, attempt=attempt,
-            )
-            with self.db.write() as tx:
-                seq = self.journal.append(tx, prepared)
-                self.journal.finish_attempt(tx, attempt, COMMITTED, now, card_id=tap.card_id,
-                                            journal_seq=seq)
-                self.lists.mark_applied(tx, action, now, "applied" if not receipt.result
-                                        else "nothing to do")
-                self.outbox.enqueue(tx, Kind.WRITEBACK_REPORT, action.action_id, report,
-                                    journal_seq=seq)
+            self._record_writeback(tap.card_id, attempt, action.action_id, action.kind,
+                                   receipt, mac, now, cur)
             tap.writebacks.append(action.action_id)
+
+    def _record_writeback(self, card_id: bytes, attempt: int, action_id: str, kind: str,
+                          receipt: WriteBackReceipt, mac: bytes, now: int, cur: str) -> None:
+        """Journal an applied write-back and queue its receipt for the host."""
+        report = WriteBackReport(
+            action_id=action_id, card_id=card_id.hex(),
+            receipt=receipt.to_bytes().hex(), mac=mac.hex(),
+        )
+        prepared = self.journal.prepare(
+            self._sign_journal, kind="writeback", time=now, card_id=card_id,
+            tx_type=kind, amount=0, split=0, currency=cur, reference=action_id,
+            attempt=attempt,
+        )
+        with self.db.write() as tx:
+            seq = self.journal.append(tx, prepared)
+            self.journal.finish_attempt(tx, attempt, COMMITTED, now, card_id=card_id,
+                                        journal_seq=seq)
+            self.lists.mark_applied_id(tx, action_id, card_id.hex(), now,
+                                       "applied" if not receipt.result else "nothing to do")
+            self.outbox.enqueue(tx, Kind.WRITEBACK_REPORT, action_id, report,
+                                journal_seq=seq)
 
     # --- resolving interrupted commands ------------------------------------------------------
     def _finish(self, attempt: int, card_id: bytes, state: str, *,
@@ -723,6 +730,17 @@ class Terminal:
             return still_unknown("the load is not in the card's log")
         if a.kind == "writeback":
             header = WriteBackHeader.parse(request[: WriteBackHeader.size()])
+            if writeback_seq == header.seq:
+                # The card answers its last receipt again when asked the same write-back.
+                answer: tuple[WriteBackReceipt, bytes] | None
+                try:
+                    answer = tap.purse.write_back(request)
+                except (CardError, DecodeError):
+                    answer = None
+                if answer is not None and answer[0].seq == header.seq:
+                    self._record_writeback(a.card_id, a.id, a.reference, a.tx_type, answer[0],
+                                           answer[1], self._now(), a.currency)
+                    return Resolution(a.id, a.kind, COMMITTED, "applied; receipt recovered")
             if writeback_seq >= header.seq:
                 self._finish(a.id, a.card_id, COMMITTED, detail="applied; receipt lost")
                 return Resolution(a.id, a.kind, COMMITTED, "applied; receipt lost")

@@ -288,12 +288,16 @@ class Lists:
         )
 
     def mark_applied(self, tx: Tx, action: ActionEntry, now: int, result: str) -> None:
+        self.mark_applied_id(tx, action.action_id, action.card_id, now, result)
+
+    def mark_applied_id(self, tx: Tx, action_id: str, card_id_hex: str, now: int,
+                        result: str) -> None:
         tx.execute(
             "INSERT OR REPLACE INTO applied_actions(action_id, card_id, applied, result) "
             "VALUES (?, ?, ?, ?)",
-            (action.action_id, action.card_id, now, result),
+            (action_id, card_id_hex, now, result),
         )
-        tx.after_commit.append(lambda: self.applied.add(action.action_id))
+        tx.after_commit.append(lambda: self.applied.add(action_id))
 
     def summary(self, now: int) -> dict[str, Any]:
         out: dict[str, Any] = {}
