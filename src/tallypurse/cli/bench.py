@@ -148,6 +148,9 @@ def bench_card(
     )
 
 
-from .terminal import bench_tap  # noqa: E402  (terminal taps: see cli/terminal.py)
+# Benchmarks that live beside the commands they measure.
+from .bench_pcsc import bench_pcsc  # noqa: E402
+from .terminal import bench_tap  # noqa: E402
 
 app.command("tap")(bench_tap)
+app.command("pcsc")(bench_pcsc)

@@ -82,7 +82,12 @@ def read_card(transport: CardTransport) -> dict[str, Any]:
     membership pass's, when the card carries one)."""
     client = ApduClient(transport)
     purse = PurseClient(client)
-    selected = purse.select()
+    try:
+        selected = purse.select()
+    except CardError as exc:
+        if exc.sw == SW.FILE_NOT_FOUND:
+            raise BadInput("this card carries no purse (6A82): nothing to read") from None
+        raise
     if not selected.card_id:
         raise BadInput("the purse on this card is not personalised")
     data = purse.card_data()
@@ -327,8 +332,11 @@ def new(
         help="Membership entitlement bits, comma-separated (0..31).")] = "0",
     valid_days: Annotated[int, typer.Option(min=1, help="Membership validity in days.")] = 365,
 ) -> None:
-    """Personalise a phone wallet into OUT: the phone's own domain and keys, the purse
-    there (unless --without-purse), optionally a membership pass."""
+    """Personalise a phone wallet: own domain, card id and keys; purse; optional pass.
+
+    The purse goes into the phone's own security domain unless --without-purse (add it
+    later over the air with `phone add-purse`); --member also installs a membership pass.
+    """
     phone_serial = parse_serial(serial)
     mask = _entitlement_mask(entitlements)
     if out.exists():
@@ -489,8 +497,11 @@ def topup_command(
     funding: Annotated[str, typer.Option(help="cash or online_account.")] = "online_account",
     as_json: JsonOpt = False,
 ) -> None:
-    """Top a card up online through the host: the phone relays the host-signed load
-    authorisation to the card and the card's load record back to the host."""
+    """Top a card up online through the host (the phone relays the host-signed load).
+
+    INITIALIZE LOAD on the card, the host's load authorisation relayed to the card
+    (CREDIT), the card's load record confirmed to the host.
+    """
     if funding not in ("cash", "online_account"):
         fail("--funding is cash or online_account")
     try:
