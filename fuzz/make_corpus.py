@@ -130,54 +130,14 @@ def message_seeds() -> list[bytes]:
 
 
 def host_api_seeds() -> list[bytes]:
-    def seed(name: str, body: object) -> bytes:
-        models = [m.__name__ for m in fuzz_hostapi.MODELS]
-        return bytes([models.index(name)]) + json.dumps(body).encode()
-
-    entry = {
-        "seq": 1,
-        "kind": "debit",
-        "time": NOW,
-        "card_id": "1000000000000001",
-        "tx_type": "canteen",
-        "amount": 250,
-        "currency": "EUR",
-        "record": "00" * 133,
-        "prev_hash": "00" * 32,
-        "entry_hash": "11" * 32,
-        "sam_signature": "22" * 64,
-    }
-    return [
-        seed("SyncRequest", {"blacklist_version": 1, "actions_version": 0, "parameters_version": 2}),
-        seed(
-            "BatchUpload",
-            {
-                "batch_id": "batch-0001",
-                "terminal_id": "5445524d30303031",
-                "entries": [entry],
-                "totals": {"debit": {"count": 1, "amount": 250}},
-                "signature": "33" * 64,
-            },
-        ),
-        seed(
-            "SignedList",
-            {
-                "kind": "blacklist",
-                "from_version": 0,
-                "to_version": 3,
-                "full": True,
-                "blacklist": [{"card_id": "1000000000000002", "op": "add", "reason": "lost"}],
-                "issued": NOW,
-                "key": "host-list/1",
-                "signature": "44" * 64,
-            },
-        ),
-        seed(
-            "EnrolRequest",
-            {"terminal_id": "5445524d30303031", "csr": "7f21", "token": "enrol-token-1"},
-        ),
-        seed("Problem", {"title": "bad", "status": 400, "code": 1001}),
-    ]
+    """Each template, once as a raw body (even selector) and once to be mutated (odd)."""
+    models = [m.__name__ for m in fuzz_hostapi.MODELS]
+    templates = sorted(fuzz_hostapi.TEMPLATES)
+    out = []
+    for name, body in sorted(fuzz_hostapi.TEMPLATES.items()):
+        out.append(bytes([models.index(name) << 1]) + json.dumps(body).encode())
+        out.append(bytes([templates.index(name) << 1 | 1]) + bytes(range(1, 17)))
+    return out
 
 
 def card_sessions(certs: list[bytes]) -> list[bytes]:

@@ -231,3 +231,30 @@ def test_the_same_agent_debit_from_many_threads_takes_effect_once(world: World) 
         assert uow.session.scalar(sa.select(sa.func.count()).select_from(
             LedgerTransaction).where(LedgerTransaction.kind == "debt_open")) == 1
     assert world.host.reports.audit()["balanced"] is True
+
+
+def test_concurrent_debts_of_one_cardholder_never_overdraw_the_online_account(
+        world: World) -> None:
+    holder = world.cardholder(funds=2_000)
+    requests = [world.agent_request(split_purchase(world, world.card(holder)))
+                for _ in range(6)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(requests))
+
+    def submit(i: int) -> None:
+        start.wait()
+        try:
+            world.host.agent.submit(world.tid, requests[i])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert sorted(status for _, status in debt_states(world)) == ["collection"] * 2 + [
+        "settled"] * 4
+    assert world.host.registry.online_balance(holder) == 0
+    assert world.host.reports.audit()["balanced"] is True

@@ -3,6 +3,7 @@ restore, dry runs, and the hash-chained ceremony log."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -370,9 +371,7 @@ def test_a_wrong_share_rebuilds_a_key_whose_kcv_is_refused() -> None:
     )
     assert shares.combine(parts[:2]) == (KeyRef("master-app", 1), key)
     assert shares.combine([parts[2], parts[0]])[1] == key
-    forged = shares.Share(
-        **{**{f: getattr(parts[1], f) for f in parts[1].__slots__}, "value": bytes(16)}
-    )  # type: ignore[arg-type]
+    forged = dataclasses.replace(parts[1], value=bytes(16))
     with pytest.raises(shares.ShareError, match="key check value differs"):
         shares.combine([parts[0], forged])
 

@@ -28,7 +28,7 @@ from tallypurse.keystore import (
 from tallypurse.keystore.base import ManagedKeyStore
 
 from .conftest import NOW
-from .softhsm import PIN_ENV, SoftHsm, softhsm_fixture, token_uri_fixture  # noqa: F401
+from .softhsm import PIN, PIN_ENV, SoftHsm, softhsm_fixture, token_uri_fixture  # noqa: F401
 
 ALL_NAMES = [ISSUER_ROOT, HOST_LIST, HOST_LOAD, HOST_API, MASTER_ISD, MASTER_SD, MASTER_APP]
 SERIALS = [bytes(8), bytes.fromhex("1000000000000042"), bytes.fromhex("ffffffffffffffff")]
@@ -350,3 +350,17 @@ def test_a_card_personalised_and_used_with_hsm_keys_works(
         sam.close()
     assert tap.event is not None  # the TAC verified against the HSM-certified card key
     assert tap.result.balance_after == 1_500
+
+
+def test_a_wrong_pin_is_refused_by_the_token_when_no_store_is_open(
+    token_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tallypurse.keystore.pkcs11 import Pkcs11KeyStore
+
+    Pkcs11KeyStore.create(token_uri, now=NOW).close()
+    monkeypatch.setenv(PIN_ENV, "000000")
+    with pytest.raises(KeystoreError, match="wrong PIN"):
+        Pkcs11KeyStore.open(token_uri)
+    monkeypatch.setenv(PIN_ENV, PIN)
+    with Pkcs11KeyStore.open(token_uri) as store:
+        assert store.refs()

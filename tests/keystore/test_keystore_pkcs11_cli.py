@@ -59,7 +59,7 @@ def test_init_on_a_token_generates_every_key_there_and_logs_it(
     assert len(listing.splitlines()) == 7
     records = CeremonyLog(log).records()
     assert records[0]["ceremony"] == "init"
-    assert records[0]["details"]["keystore"] == token_uri  # type: ignore[index]
+    assert records[0]["details"]["keystore"] == token_uri
 
 
 def test_keys_are_generated_one_by_one_on_an_empty_token(

@@ -6,6 +6,9 @@ through a PC/SC reader."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -184,3 +187,39 @@ def test_a_phone_in_reader_mode_tops_up_through_a_pcsc_reader(
     result = phone_cli.topup(transport, host, 1_800)  # type: ignore[arg-type]
     assert result.confirmed and host.confirmed == [result.event]
     assert counters(transport).balance == 1_800
+
+
+def test_card_serve_serves_a_phone_file_and_a_terminal_pays_with_it(
+    lab: Lab, sam: Sam, pcscd: PcscdProcess, tmp_path: Path
+) -> None:
+    """`tallypurse card serve PHONE_FILE`, as a process, in front of a terminal's reader."""
+    serial = next_serial()
+    path = tmp_path / "phone.card"
+    issue_phone(Card.manufacture(serial, path=path), lab.keystore, serial=serial, now=lab.now)
+    lab.load(Card.open(path), 2_000)
+    if card_present(READER):
+        wait_card(False)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tallypurse.cli.main", "card", "serve", str(path),
+         "--port", str(pcscd.port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        wait_card(True)
+        conn = connect_reader(READER)
+        try:
+            tap = lab.purchase(PcscTransport(conn), sam, 750)  # type: ignore[arg-type]
+        finally:
+            release(conn)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert (tap.session.card_id, tap.result.balance_after) == (serial, 1_250)
+    wait_card(False)
+    purse = PurseClient(ApduClient(Card.open(path)))
+    purse.select()
+    assert purse.counters().balance == 1_250  # the phone file was saved by the server

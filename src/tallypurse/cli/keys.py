@@ -26,6 +26,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from tallypurse.core import crypto
 from tallypurse.core.cert import KeyRef
 from tallypurse.core.errors import DecodeError, TallypurseError
 from tallypurse.keystore import locate, shares
@@ -300,8 +301,9 @@ def list_keys(
     keystore: KeystoreOption,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """List every key version with its KCV or public-key fingerprint (never a secret);
-    revoked versions are marked REVOKED."""
+    """List every key version with its KCV or public-key fingerprint (never a secret).
+
+    Revoked versions are marked REVOKED."""
     with _open(keystore) as store:
         if as_json:
             keys = [_as_json(i, store.current(i.ref.name) == i.ref) for i in store.infos()]
@@ -324,8 +326,9 @@ def generate(
     dry_run: DryRunOption = False,
     ceremony_log: LogOption = None,
 ) -> None:
-    """Generate the first version of a named key the keystore lacks; print its KCV or
-    public-key fingerprint for the witnesses."""
+    """Generate the first version of a named key the keystore lacks.
+
+    Prints its KCV or public-key fingerprint for the witnesses."""
     _check_who(operator, reason)
     if name not in KEY_SPECS:
         fail(f"unknown key {name!r} (known: {', '.join(KEY_SPECS)})")
@@ -368,8 +371,10 @@ def rotate(
     dry_run: DryRunOption = False,
     ceremony_log: LogOption = None,
 ) -> None:
-    """Create a new version of a key. Older versions stay usable (cards and terminals
-    keyed with them keep working until re-keyed); new work uses the new one."""
+    """Create a new version of a key; older versions stay usable.
+
+    Cards and terminals keyed with an older version keep working until re-keyed;
+    new work uses the new version."""
     _check_who(operator, reason)
     log = _log_for(keystore, ceremony_log)
     _check_log(log)
@@ -406,8 +411,10 @@ def revoke(
     dry_run: DryRunOption = False,
     ceremony_log: LogOption = None,
 ) -> None:
-    """Revoke a key version: it stays listed (REVOKED) but never signs or diversifies
-    again. The current version cannot be revoked: rotate first."""
+    """Revoke a key version: listed as REVOKED, never used again.
+
+    A revoked version neither signs nor diversifies. The current version cannot be
+    revoked: rotate first."""
     _check_who(operator, reason)
     if "/" not in ref_text:
         fail("give the version to revoke as name/version")
@@ -463,8 +470,9 @@ def backup(
     dry_run: DryRunOption = False,
     ceremony_log: LogOption = None,
 ) -> None:
-    """Split a master key M-of-N (Shamir) into one share file per custodian; each file
-    carries its own check value and the master's KCV."""
+    """Split a master key M-of-N (Shamir) into one share file per custodian.
+
+    Each file carries its own check value and the master's KCV."""
     _check_who(operator, reason)
     threshold, total = _parse_split(split)
     names = custodian or [f"custodian-{i}" for i in range(1, total + 1)]
@@ -524,8 +532,9 @@ def backup(
 def check_share(
     share: Annotated[Path, typer.Argument(help="A share file.", dir_okay=False)],
 ) -> None:
-    """For a custodian: check a share file against its own check value and print what
-    it is a share of (it reveals nothing of the key)."""
+    """Check a share file (for its custodian) and print what it is a share of.
+
+    The output reveals nothing of the key."""
     part = _run(lambda: shares.read(share))
     typer.echo(
         f"share {part.index} of {part.total} (any {part.threshold} rebuild) of {part.key}, "
@@ -543,9 +552,10 @@ def restore(
     dry_run: DryRunOption = False,
     ceremony_log: LogOption = None,
 ) -> None:
-    """Rebuild a master key from M shares, check its KCV and import it (into a software
-    keystore or a token that lacks that version); if the keystore holds that version
-    already, only check that it is the same key."""
+    """Rebuild a master key from M shares, check its KCV and import it.
+
+    The keystore (a directory or a token) must lack that version; if it holds it
+    already, the ceremony only checks that it is the same key."""
     _check_who(operator, reason)
     parts: list[shares.Share] = []
     for path in share_files:
@@ -561,7 +571,7 @@ def restore(
         held = ref in store.refs()
         if held:
             mine = store.info(ref).kcv
-            if mine is None or mine != kcv:
+            if mine is None or not crypto.constant_time_equal(mine, kcv):
                 fail(f"the keystore holds a different {ref}; refusing to restore over it")
             result = "verified"
         else:

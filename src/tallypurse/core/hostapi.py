@@ -62,7 +62,7 @@ class EnrolResponse(Model):
     merchant_id: str
 
 
-# --- lists and parameters ---------------------------------------------------------------------------
+# --- lists and parameters -------------------------------------------------------------------------
 class BlacklistEntry(Model):
     card_id: CardId
     op: Literal["add", "remove"]
@@ -130,7 +130,7 @@ class SyncResponse(Model):
     host_time: int
 
 
-# --- journal upload (day-end close) -------------------------------------------------------------------
+# --- journal upload (day-end close) ---------------------------------------------------------------
 JournalKind = Literal["debit", "cancel", "load", "online", "reversal", "writeback"]
 
 
@@ -178,7 +178,7 @@ class BatchAck(Model):
     mismatch: bool  # host totals differ from the terminal's
 
 
-# --- agent debits (split purchases) -------------------------------------------------------------------
+# --- agent debits (split purchases) ---------------------------------------------------------------
 class AgentDebitRequest(Model):
     idempotency_key: IdempotencyKey
     terminal_id: TerminalId
@@ -196,7 +196,7 @@ class AgentDebitAck(Model):
     debt_id: str
 
 
-# --- online purchase ------------------------------------------------------------------------------------
+# --- online purchase ------------------------------------------------------------------------------
 class OnlineChallenge(Model):
     challenge: Hex  # 16 bytes
     expires: int
@@ -226,7 +226,7 @@ class ReversalResponse(Model):
     reversed: bool
 
 
-# --- load (top-up) --------------------------------------------------------------------------------------
+# --- load (top-up) --------------------------------------------------------------------------------
 class LoadRequest(Model):
     idempotency_key: IdempotencyKey
     card_id: CardId
@@ -249,7 +249,7 @@ class LoadConfirm(Model):
     record: Hex  # the card's LOAD event
 
 
-# --- write-back report ----------------------------------------------------------------------------------
+# --- write-back report ----------------------------------------------------------------------------
 class WriteBackReport(Model):
     action_id: str
     card_id: CardId
@@ -277,7 +277,7 @@ def verify_signed(signed_bytes: bytes, signature_hex: str, key_ref: str,
     return public is not None and crypto.verify(public, signature, signed_bytes)
 
 
-# --- the client interface -----------------------------------------------------------------------------------
+# --- the client interface -------------------------------------------------------------------------
 class HostUnavailable(Exception):
     """The host could not be reached or did not answer in time: retry later."""
 

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tallypurse.core.errors import BadInput, DecodeError
@@ -46,7 +45,7 @@ from tallypurse.host.errors import (
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
-from .common import hex_bytes, log_event, new_id, numeric_currency, payload_hash
+from .common import hex_bytes, log_event, new_id, numeric_currency, payload_hash, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -87,13 +86,7 @@ class AgentDebits:
         if req.terminal_id != terminal_id:
             raise HostError(TERMINAL_MISMATCH, "the agent debit names another terminal")
         digest = payload_hash(req)
-        for attempt in range(3):
-            try:
-                ack, pending = self._submit(terminal_id, req, digest)
-                break
-            except IntegrityError:  # a concurrent twin won the race: answer as a duplicate
-                if attempt == 2:
-                    raise
+        ack, pending = retrying(lambda: self._submit(terminal_id, req, digest))
         for instruction in pending:
             self.process_instruction(instruction)
         return ack

@@ -32,7 +32,6 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 from sqlalchemy import CursorResult, insert, select, tuple_, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tallypurse.core import crypto
@@ -66,7 +65,7 @@ from tallypurse.host.errors import (
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
-from .common import alpha_currency, hex_bytes, log_event, payload_hash
+from .common import alpha_currency, hex_bytes, log_event, payload_hash, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -353,13 +352,7 @@ class Clearing:
             raise HostError(BATCH_TOO_LARGE,
                             f"at most {self.host.settings.max_batch_entries} entries per batch")
         digest = payload_hash(batch)
-        for attempt in range(3):
-            try:
-                ack, pending = self._upload(terminal_id, batch, digest)
-                break
-            except IntegrityError:  # the same batch committed concurrently: answer from it
-                if attempt == 2:
-                    raise
+        ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest))
         for instruction in pending:
             self.host.agent.process_instruction(instruction)
         return ack

@@ -7,9 +7,10 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import BadInput
@@ -17,6 +18,9 @@ from tallypurse.core.hostapi import canonical
 from tallypurse.core.money import currency, currency_by_numeric
 
 Clock = Callable[[], int]
+T = TypeVar("T")
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+ATTEMPTS = 4
 log = logging.getLogger("tallypurse.host")
 
 
@@ -51,3 +55,23 @@ def hex_bytes(value: str, what: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise BadInput(f"{what} is not hex") from None
+
+
+def retrying(work: Callable[[], T]) -> T:
+    """Run a unit of work again when a concurrent transaction won a race.
+
+    A unique constraint that fired (a twin request committed first) or a
+    deadlock or serialization failure that PostgreSQL resolved by aborting us:
+    the next attempt reads the winner's result and answers from it.
+    """
+    for attempt in range(ATTEMPTS):
+        try:
+            return work()
+        except IntegrityError:
+            if attempt == ATTEMPTS - 1:
+                raise
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) not in RETRY_SQLSTATES or (
+                    attempt == ATTEMPTS - 1):
+                raise
+    raise AssertionError("unreachable")

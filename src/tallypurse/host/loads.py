@@ -18,7 +18,6 @@ import secrets
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 
 from tallypurse.core.hostapi import Ack, LoadAuthorisationResponse, LoadConfirm, LoadRequest
 from tallypurse.core.messages import LoadAuthorisation
@@ -40,7 +39,7 @@ from tallypurse.host.errors import (
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
 from .clearing import Incoming
-from .common import hex_bytes, log_event, numeric_currency, payload_hash
+from .common import hex_bytes, log_event, numeric_currency, payload_hash, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -52,13 +51,7 @@ class Loads:
 
     def authorise(self, terminal_id: str, req: LoadRequest) -> LoadAuthorisationResponse:
         digest = payload_hash(req)
-        for attempt in range(3):
-            try:
-                return self._authorise(terminal_id, req, digest)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return retrying(lambda: self._authorise(terminal_id, req, digest))
 
     def _authorise(self, terminal_id: str, req: LoadRequest,
                    digest: str) -> LoadAuthorisationResponse:

@@ -16,7 +16,6 @@ import secrets
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import CursorResult, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tallypurse.core import crypto
@@ -39,7 +38,7 @@ from tallypurse.host.errors import (
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
-from .common import alpha_currency, hex_bytes, log_event, payload_hash
+from .common import alpha_currency, hex_bytes, log_event, payload_hash, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -71,13 +70,7 @@ class Online:
 
     def authorise(self, terminal_id: str, req: OnlineAuthoriseRequest) -> OnlineAuthoriseResponse:
         digest = payload_hash(req)
-        for attempt in range(3):
-            try:
-                return self._authorise(terminal_id, req, digest)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return retrying(lambda: self._authorise(terminal_id, req, digest))
 
     def _authorise(self, terminal_id: str, req: OnlineAuthoriseRequest,
                    digest: str) -> OnlineAuthoriseResponse:
@@ -159,13 +152,7 @@ class Online:
         return APPROVED
 
     def reverse(self, terminal_id: str, req: ReversalRequest) -> ReversalResponse:
-        for attempt in range(3):
-            try:
-                return self._reverse(terminal_id, req)
-            except IntegrityError:
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
+        return retrying(lambda: self._reverse(terminal_id, req))
 
     def _reverse(self, terminal_id: str, req: ReversalRequest) -> ReversalResponse:
         now = self.host.now()

@@ -1,4 +1,7 @@
-"""The operator's keystore: the KeyStore protocol and its software implementation."""
+"""The operator's keystore: the KeyStore protocol, its software implementation and
+(in :mod:`tallypurse.keystore.pkcs11`, needing python-pkcs11) its PKCS#11 one.
+
+:func:`open_keystore` opens either from a directory or a ``pkcs11:`` URI."""
 
 from tallypurse.keystore.base import (
     HOST_API,
@@ -13,7 +16,9 @@ from tallypurse.keystore.base import (
     KeyKind,
     KeySpec,
     KeyStore,
+    ManagedKeyStore,
 )
+from tallypurse.keystore.locate import create_keystore, open_keystore
 from tallypurse.keystore.software import DEFAULT_KDF_PARAMS, KdfParams, SoftwareKeyStore
 
 __all__ = [
@@ -31,5 +36,8 @@ __all__ = [
     "KeyKind",
     "KeySpec",
     "KeyStore",
+    "ManagedKeyStore",
     "SoftwareKeyStore",
+    "create_keystore",
+    "open_keystore",
 ]

@@ -40,6 +40,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, NoReturn
@@ -82,7 +83,6 @@ _URI_ATTRIBUTES = {
     "pin-source": "pin-source",
     "pin-value": "pin-value",
 }
-
 
 
 class _Shared:
@@ -615,9 +615,9 @@ class Pkcs11KeyStore:
             Attribute.DERIVE: False,
         }
 
-    def _data(self, application: str, ref: KeyRef, value: bytes) -> None:
+    def _data(self, application: str, ref: KeyRef, value: bytes) -> Any:
         try:
-            self._session.create_object(
+            return self._session.create_object(
                 {
                     Attribute.CLASS: ObjectClass.DATA,
                     Attribute.TOKEN: True,
@@ -638,12 +638,13 @@ class Pkcs11KeyStore:
             _fail(f"the key check value of {ref}", exc)
 
     def _finish_aes(self, ref: KeyRef, key: Any, now: int, *, expect_kcv: bytes | None) -> KeyRef:
-        kcv = self._kcv_on_token(ref, key)
-        if expect_kcv is not None and not crypto.constant_time_equal(kcv, expect_kcv):
-            with contextlib.suppress(p11e.PKCS11Error):
-                key.destroy()
-            raise KeystoreError(f"HSM: {ref} does not have the expected key check value")
-        self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.AES_128), "created": now}))
+        with _discard_on_failure(key) as made:
+            kcv = self._kcv_on_token(ref, key)
+            if expect_kcv is not None and not crypto.constant_time_equal(kcv, expect_kcv):
+                raise KeystoreError(f"HSM: {ref} does not have the expected key check value")
+            made.append(
+                self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.AES_128), "created": now}))
+            )
         self._add(_Entry(KeyInfo(ref=ref, kind=KeyKind.AES_128, created=now, kcv=kcv), key))
         return ref
 
@@ -698,30 +699,39 @@ class Pkcs11KeyStore:
             public = _ec_point(bytes(pub[Attribute.EC_POINT]))
         except p11e.PKCS11Error as exc:
             _fail(f"generating {ref}", exc)
-        # The entry exists before its certificate so that the root can sign its own.
-        entry = _Entry(KeyInfo(ref=ref, kind=KeyKind.EC_P256, created=now, public_key=public), priv)
-        if spec.role == CertRole.ROOT:
-            signer: Signer = _EntrySigner(self, entry)
-            authority, not_after = ref, now + ROOT_VALIDITY
-        else:
-            root = self.current(ISSUER_ROOT)
-            signer = self.signer(root)
-            authority = root
-            not_after = min(now + HOST_VALIDITY, self.certificate(root).not_after)
-        certificate = cert.issue(
-            signer,
-            authority=authority,
-            holder=ref.encode(),
-            role=spec.role,
-            public_key=public,
-            not_before=now,
-            not_after=not_after,
-        )
-        self._data(APP_CERT, ref, certificate.encode())
-        self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.EC_P256), "created": now}))
-        entry.info = KeyInfo(
-            ref=ref, kind=KeyKind.EC_P256, created=now, public_key=public, certificate=certificate
-        )
+        with _discard_on_failure(pub, priv) as made:
+            # The entry exists before its certificate so that the root can sign its own.
+            entry = _Entry(
+                KeyInfo(ref=ref, kind=KeyKind.EC_P256, created=now, public_key=public), priv
+            )
+            if spec.role == CertRole.ROOT:
+                signer: Signer = _EntrySigner(self, entry)
+                authority, not_after = ref, now + ROOT_VALIDITY
+            else:
+                root = self.current(ISSUER_ROOT)
+                signer = self.signer(root)
+                authority = root
+                not_after = min(now + HOST_VALIDITY, self.certificate(root).not_after)
+            certificate = cert.issue(
+                signer,
+                authority=authority,
+                holder=ref.encode(),
+                role=spec.role,
+                public_key=public,
+                not_before=now,
+                not_after=not_after,
+            )
+            made.append(self._data(APP_CERT, ref, certificate.encode()))
+            made.append(
+                self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.EC_P256), "created": now}))
+            )
+            entry.info = KeyInfo(
+                ref=ref,
+                kind=KeyKind.EC_P256,
+                created=now,
+                public_key=public,
+                certificate=certificate,
+            )
         self._add(entry)
         return ref
 
@@ -900,3 +910,17 @@ def _release(uri: Pkcs11Uri) -> None:
         del _shared[key]
     with shared.lock, contextlib.suppress(p11e.PKCS11Error):
         shared.session.close()
+
+
+@contextlib.contextmanager
+def _discard_on_failure(*objects: Any) -> Iterator[list[Any]]:
+    """Destroy the token objects made for a key (and those appended to the list
+    yielded) if making the key fails halfway: no orphan objects are left behind."""
+    made = list(objects)
+    try:
+        yield made
+    except BaseException:
+        for obj in reversed(made):
+            with contextlib.suppress(p11e.PKCS11Error):
+                obj.destroy()
+        raise

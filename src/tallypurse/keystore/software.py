@@ -811,7 +811,11 @@ class SoftwareKeyStore:
                 "(damaged, edited or swapped with another entry)"
             ) from None
         if info.kind == KeyKind.AES_128:
-            if len(plain) != AES_KEY_LEN or crypto.key_check_value(plain) != info.kcv:
+            if (
+                len(plain) != AES_KEY_LEN
+                or info.kcv is None
+                or not crypto.constant_time_equal(crypto.key_check_value(plain), info.kcv)
+            ):
                 raise KeystoreError(f"corrupt keystore: key {ref} does not match its KCV")
             return _Entry(info, nonce, ciphertext, aes_key=_Secret(plain))
         try:
