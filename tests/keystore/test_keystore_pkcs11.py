@@ -364,3 +364,22 @@ def test_a_wrong_pin_is_refused_by_the_token_when_no_store_is_open(
     monkeypatch.setenv(PIN_ENV, PIN)
     with Pkcs11KeyStore.open(token_uri) as store:
         assert store.refs()
+
+
+def test_a_rotation_that_fails_halfway_leaves_no_orphan_on_the_token(
+    hsm: ManagedKeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tallypurse.keystore import pkcs11 as backend
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise KeystoreError("the certificate could not be made")
+
+    before = hsm.refs()
+    monkeypatch.setattr(backend.cert, "issue", broken)
+    with pytest.raises(KeystoreError, match="could not be made"):
+        hsm.rotate(HOST_API, now=NOW + 5)
+    monkeypatch.undo()
+    assert hsm.refs() == before
+    with backend.Pkcs11KeyStore.open(hsm.location) as again:
+        assert again.refs() == before
+        assert again.rotate(HOST_API, now=NOW + 6) == KeyRef(HOST_API, 2)
