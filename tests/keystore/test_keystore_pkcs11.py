@@ -375,10 +375,10 @@ def test_a_rotation_that_fails_halfway_leaves_no_orphan_on_the_token(
         raise KeystoreError("the certificate could not be made")
 
     before = hsm.refs()
-    monkeypatch.setattr(backend.cert, "issue", broken)
-    with pytest.raises(KeystoreError, match="could not be made"):
-        hsm.rotate(HOST_API, now=NOW + 5)
-    monkeypatch.undo()
+    with monkeypatch.context() as patch:
+        patch.setattr(backend.cert, "issue", broken)
+        with pytest.raises(KeystoreError, match="could not be made"):
+            hsm.rotate(HOST_API, now=NOW + 5)
     assert hsm.refs() == before
     with backend.Pkcs11KeyStore.open(hsm.location) as again:
         assert again.refs() == before

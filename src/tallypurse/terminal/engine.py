@@ -229,6 +229,21 @@ def batch_signed_bytes(batch: BatchUpload) -> bytes:
     return canonical(batch.model_dump(exclude={"signature"}))
 
 
+def _request_signer(sam: Sam, terminal_id: bytes, clock: Callable[[], float]
+                    ) -> Callable[[str, str, bytes], dict[str, str]]:
+    from tallypurse.core.httpsig import sign_request
+
+    key_id = terminal_id.hex()
+
+    def sign(method: str, url: str, body: bytes) -> dict[str, str]:
+        return sign_request(
+            method, url, body, key_id=key_id, created=int(clock()),
+            signer=lambda base: sam.sign(base, purpose=PURPOSE_REQUEST),
+        )
+
+    return sign
+
+
 class Terminal:
     """A POS terminal. Build one with :meth:`enrol` (first time) or :meth:`open`."""
 
@@ -291,6 +306,10 @@ class Terminal:
         now = int(clock())
         sam = Sam.create(sam_path, passphrase, terminal_id=terminal_id)
         db: Database | None = None
+        if hasattr(host, "sign_request"):
+            # The enrolment request is signed by the new SAM key too (the host checks it
+            # against the key in the certificate request); later requests likewise.
+            host.sign_request = _request_signer(sam, terminal_id, clock)
         try:
             try:
                 resp = host.enrol(
@@ -434,17 +453,7 @@ class Terminal:
     def request_signer(self) -> Callable[[str, str, bytes], dict[str, str]]:
         """The ``sign_request`` hook for :class:`HttpHostClient`: RFC 9421 headers
         signed inside the SAM (purpose request), see :mod:`tallypurse.core.httpsig`."""
-        from tallypurse.core.httpsig import sign_request
-
-        key_id = self.terminal_id.hex()
-
-        def sign(method: str, url: str, body: bytes) -> dict[str, str]:
-            return sign_request(
-                method, url, body, key_id=key_id, created=self._now(),
-                signer=lambda base: self.sam.sign(base, purpose=PURPOSE_REQUEST),
-            )
-
-        return sign
+        return _request_signer(self.sam, self.terminal_id, self.clock)
 
     def _sign_journal(self, digest: bytes) -> bytes:
         return self.sam.sign(digest, purpose=PURPOSE_JOURNAL)

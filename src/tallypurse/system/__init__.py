@@ -1,0 +1,129 @@
+"""The whole system in one process: an embedded host served over loopback HTTP,
+terminals enrolled against it, and cards issued by it.
+
+Like :mod:`tallypurse.lab`, this is a composition root (it may import every
+component); the demo and end-to-end tests use it. Nothing here shortcuts the
+protocols: terminals reach the host only through signed HTTP requests on
+127.0.0.1, and the host reaches cards only through APDUs.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import uvicorn
+
+from tallypurse.card.card import Card
+from tallypurse.host.api import create_app
+from tallypurse.host.bank import SandboxBank
+from tallypurse.host.bootstrap import open_keystore
+from tallypurse.host.config import HostSettings
+from tallypurse.host.db.engine import Database
+from tallypurse.host.db.migrate import upgrade
+from tallypurse.host.service import Host
+from tallypurse.terminal.engine import Terminal
+from tallypurse.terminal.http_client import HttpHostClient
+from tallypurse.terminal.reader import InProcessReader
+
+
+class Network(httpx.BaseTransport):
+    """The terminal's network link: real HTTP over loopback that can be cut."""
+
+    def __init__(self) -> None:
+        self.online = True
+        self._inner = httpx.HTTPTransport()
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if not self.online:
+            raise httpx.ConnectError("network unreachable (link down)", request=request)
+        return self._inner.handle_request(request)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+class EmbeddedHost:
+    """A host service (SQLite in ``data_dir`` unless ``db_url``) served by uvicorn on a
+    free loopback port in a background thread."""
+
+    def __init__(self, data_dir: Path, *, db_url: str = "",
+                 bank: SandboxBank | None = None) -> None:
+        settings = HostSettings(data_dir=Path(data_dir), db_url=db_url)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database.connect(settings.database_url)
+        upgrade(db)
+        self.bank = bank or SandboxBank()
+        self.host = Host(db, open_keystore(settings), settings=settings, bank=self.bank)
+        self.app = create_app(self.host)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port = int(self._sock.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",
+                                                     access_log=False, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._sock]}, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("the embedded host did not start")
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+        self.host.db.engine.dispose()
+
+    def __enter__(self) -> EmbeddedHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Till:
+    """A terminal at a merchant, with its own network link to the host."""
+
+    name: str
+    merchant_id: str
+    terminal: Terminal
+    network: Network
+    client: HttpHostClient = field(repr=False)
+
+    def reader(self, card: Card) -> InProcessReader:
+        return InProcessReader(card)
+
+    def close(self) -> None:
+        self.terminal.close()
+        self.client.close()
+
+
+def enrol_till(eh: EmbeddedHost, directory: Path, *, name: str, merchant_id: str,
+               terminal_id: bytes, passphrase: str = "till") -> Till:
+    """Register a terminal at the host (TMS), then enrol it over HTTP with its SAM."""
+    tid, token = eh.host.tms.create_terminal(merchant_id, terminal_id.hex())
+    network = Network()
+    client = HttpHostClient(eh.url, transport=network)
+    terminal = Terminal.enrol(directory, passphrase=passphrase, host=client, token=token,
+                              terminal_id=bytes.fromhex(tid), merchant_name=name,
+                              host_url=eh.url, sync=False)
+    client.sign_request = terminal.request_signer()
+    terminal.sync()
+    return Till(name, merchant_id, terminal, network, client)
+
+
+def issue_card(eh: EmbeddedHost, serial: bytes, *, cardholder_id: str | None,
+               path: Path | None = None) -> Card:
+    """Manufacture a blank card and have the host personalise and register it."""
+    card = Card.manufacture(serial, path=path)
+    eh.host.registry.issue_card(card, serial=serial, cardholder_id=cardholder_id)
+    return card
