@@ -1,4 +1,4 @@
-"""`tallypurse demo`: the story of a card, told step by step."""
+"""`tallypurse demo`: the whole system's story, told step by step and checked."""
 
 from __future__ import annotations
 
@@ -9,85 +9,48 @@ from typing import Annotated, Any
 
 import typer
 
-from tallypurse.core.money import currency, format_minor
-from tallypurse.core.protocol import TxType
-from tallypurse.core.purse_client import PurseClient
-from tallypurse.core.transport import ApduClient
-
 
 def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
+    receipts: Annotated[bool, typer.Option(help="Print every receipt.")] = False,
 ) -> None:
-    """Issue a card, load it, pay offline, pay with a split, write back, and check."""
-    from tallypurse.lab import Lab
+    """Run a small city's day on an embedded host and check every rule of the system."""
+    import logging
 
+    from tallypurse.core.money import currency, format_minor
+    from tallypurse.system.demo import Story, run
+
+    logging.getLogger("tallypurse").setLevel(logging.ERROR)
     eur = currency("EUR")
-    steps: list[dict[str, Any]] = []
 
-    def say(step: str, text: str, **facts: Any) -> None:
-        steps.append({"step": step, "text": text, **facts})
+    def say(name: str, text: str, facts: dict[str, Any]) -> None:
         if not as_json:
-            typer.echo(f"[{len(steps):2d}] {text}")
+            typer.echo(f"[{name:>10}] {text}")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        lab = Lab.create(Path(tmp))
-        say(
-            "keys",
-            "Created an issuer keystore: root CA, host list and load keys, ISD/SD/APP master keys.",
-        )
-        serial = bytes.fromhex("0000000000000001")
-        card, _ = lab.new_card(serial, credit=lab.credit_record(serial))
-        say(
-            "issue",
-            f"Personalised card {serial.hex()} through its own APDUs: ISD keys, "
-            "operator domain, purse, on-card key pair, certificate, credit record grade B.",
-            card_id=serial.hex(),
-        )
-        sam = lab.new_sam(Path(tmp) / "sam.json", b"CANTEEN1")
-        say(
-            "enrol",
-            "Enrolled terminal CANTEEN1: SAM key generated inside, certified by the issuer.",
-        )
-        ev = lab.load(card, 2_000)
-        say(
-            "load",
-            f"Loaded {format_minor(2_000, eur)}: balance "
-            f"{format_minor(ev.event.balance_after, eur)}.",
-            balance=ev.event.balance_after,
-        )
-        tap = lab.purchase(card, sam, 1_250, tx_type=TxType.CANTEEN)
-        say(
-            "purchase",
-            f"Offline purchase of {format_minor(1_250, eur)}: TAC verified, "
-            f"ATC {tap.result.atc}, balance {format_minor(tap.result.balance_after, eur)}.",
-            balance=tap.result.balance_after,
-        )
-        split = lab.purchase(card, sam, tap.result.balance_after, split=450, tx_type=TxType.CANTEEN)
-        say(
-            "split",
-            f"Split purchase of {format_minor(1_200, eur)}: purse paid "
-            f"{format_minor(750, eur)}, {format_minor(450, eur)} recorded as a debt in slot "
-            f"{split.result.debt_slot}.",
-            debt_slot=split.result.debt_slot,
-        )
-        receipt = lab.settle_debt(card, split.result.atc, 450)
-        say(
-            "write-back",
-            f"Host settled the debt; write-back #{receipt.seq} applied, receipt MAC verified.",
-        )
-        purse = PurseClient(ApduClient(card))
-        purse.select()
-        counters = purse.counters()
-        debts = [d for d in purse.debts() if d.state]
-        ok_balance = counters.balance == 0
-        ok_debts = not debts
-        ok_log = len(purse.log()) == 3
-        sam.close()
-    checks = {"balance_chain": ok_balance, "debts_settled": ok_debts, "log_complete": ok_log}
+    story = Story(say)
+    with tempfile.TemporaryDirectory(prefix="tallypurse-demo-") as tmp:
+        result = run(Path(tmp), story)
+    ok = all(result["invariants"].values())
     if as_json:
-        typer.echo(json.dumps({"steps": steps, "invariants": checks}, indent=2))
+        typer.echo(json.dumps({"steps": story.steps, "invariants": result["invariants"],
+                               "details": result["details"],
+                               "settlement": result["settlement"]}, indent=2))
     else:
-        for name, good in checks.items():
-            typer.echo(f"  {'ok ' if good else 'FAIL'} {name}")
-    if not all(checks.values()):
+        if receipts:
+            for r in result["receipts"]:
+                typer.echo("\n" + r)
+        typer.echo("\nSettlement")
+        typer.echo(f"  {'merchant':<16} {'day':<10} {'count':>5} {'gross':>12} {'fees':>10} "
+                   f"{'net':>12}")
+        for row in result["settlement"]:
+            typer.echo(f"  {row['merchant_id']:<16} {row['business_day']:<10} "
+                       f"{row['count']:>5} {format_minor(row['gross'], eur):>12} "
+                       f"{format_minor(row['fees'], eur):>10} "
+                       f"{format_minor(row['net'], eur):>12}")
+        typer.echo("\nRules (DESIGN section 8)")
+        for name, holds in result["invariants"].items():
+            typer.echo(f"  {'ok  ' if holds else 'FAIL'} {name}: {result['details'][name]}")
+    if not ok:
+        failed = [k for k, v in result["invariants"].items() if not v]
+        typer.echo(f"rules broken: {', '.join(failed)}", err=True)
         raise typer.Exit(1)

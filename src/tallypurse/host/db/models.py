@@ -500,3 +500,37 @@ class SettingRow(Base):
     __tablename__ = "settings"
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+# --- operator console -------------------------------------------------------------------------------
+class ConsoleUser(Base):
+    """A person who logs in to the operator console (``host/console``). The password is
+    kept only as an Argon2id hash; a merchant user names its merchant."""
+
+    __tablename__ = "console_users"
+    username: Mapped[str] = mapped_column(String(64), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    merchant_id: Mapped[str | None] = mapped_column(ForeignKey("merchants.id"), nullable=True)
+    display_name: Mapped[str] = mapped_column(String(100), default="")
+    password_hash: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created: Mapped[int] = Time()
+    last_login: Mapped[int | None] = Time(nullable=True)
+
+
+class AuditRecord(Base):
+    """One operator action: who did what to what, when, why, and how it ended.
+    Append-only: the database refuses any UPDATE or DELETE (triggers)."""
+
+    __tablename__ = "audit_log"
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    at: Mapped[int] = Time()
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(48))
+    target: Mapped[str] = mapped_column(String(64), default="")
+    reason: Mapped[str] = mapped_column(String(500), default="")
+    outcome: Mapped[str] = mapped_column(String(16))  # done, refused, failed
+    detail: Mapped[str] = mapped_column(String(1000), default="")
+    source: Mapped[str] = mapped_column(String(64), default="")
+    __table_args__ = (Index(None, "at"), Index(None, "target"))
