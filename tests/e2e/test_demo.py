@@ -1,0 +1,52 @@
+"""The demo end to end: real terminals against a real host over loopback HTTP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from tallypurse.cli.main import app
+from tallypurse.system import demo as demo_module
+from tallypurse.system import invariants
+
+runner = CliRunner()
+
+
+def test_the_demo_tells_the_whole_story_and_every_rule_holds(tmp_path: Path) -> None:
+    steps: list[tuple[str, str]] = []
+    story = demo_module.Story(lambda name, text, facts: steps.append((name, text)))
+    result = demo_module.run(tmp_path, story)
+    assert result["invariants"] and all(result["invariants"].values()), result["details"]
+    names = [n for n, _ in steps]
+    assert names.index("offline") < names.index("forward") < names.index("write-back")
+    facts = {s["step"]: s for s in story.steps}
+    assert facts["split"]["purse"] > 0 and facts["split"]["online"] > 0
+    assert facts["write-back"]["before"] and not facts["write-back"]["after"]
+    assert facts["downgrade"]["declined"].startswith("D48")
+    assert facts["clearing"]["clones"] == 1
+    assert facts["close"]["mismatches"] == 0
+    table = {row["merchant_id"]: row for row in result["settlement"]}
+    assert set(table) == {"campus-canteen", "transit-kiosk"}
+    for row in table.values():
+        assert row["net"] == row["gross"] - row["fees"] and row["gross"] > 0
+    assert (tmp_path / "pain001.xml").read_bytes().startswith(b"<?xml")
+    assert any("SPLIT PURCHASE" in r for r in result["receipts"])
+
+
+def test_the_demo_exits_non_zero_and_names_the_rule_that_failed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> tuple[bool, str]:
+        return False, "planted failure"
+
+    monkeypatch.setattr(invariants, "no_double_charge", broken)
+    result = runner.invoke(app, ["demo", "--json"])
+    assert result.exit_code == 1
+    data = json.loads(result.stdout)
+    assert data["invariants"]["no_double_charge"] is False
+    assert data["details"]["no_double_charge"] == "planted failure"
+    assert "no_double_charge" in result.stderr
