@@ -376,7 +376,7 @@ def test_a_rotation_that_fails_halfway_leaves_no_orphan_on_the_token(
 
     before = hsm.refs()
     with monkeypatch.context() as patch:
-        patch.setattr(backend.cert, "issue", broken)
+        patch.setattr(cert, "issue", broken)  # as the backend calls it: cert.issue
         with pytest.raises(KeystoreError, match="could not be made"):
             hsm.rotate(HOST_API, now=NOW + 5)
     assert hsm.refs() == before

@@ -115,9 +115,7 @@ def enrol_till(eh: EmbeddedHost, directory: Path, *, name: str, merchant_id: str
     client = HttpHostClient(eh.url, transport=network)
     terminal = Terminal.enrol(directory, passphrase=passphrase, host=client, token=token,
                               terminal_id=bytes.fromhex(tid), merchant_name=name,
-                              host_url=eh.url, sync=False)
-    client.sign_request = terminal.request_signer()
-    terminal.sync()
+                              host_url=eh.url)
     return Till(name, merchant_id, terminal, network, client)
 
 

@@ -354,6 +354,8 @@ class Terminal:
         db.close()
         terminal = cls.open(data_dir, passphrase=passphrase, host=host, clock=clock,
                             random=random, jitter=jitter, write_hook=write_hook)
+        if hasattr(host, "sign_request"):
+            host.sign_request = terminal.request_signer()  # the reopened SAM from now on
         if sync:
             try:
                 terminal.sync()

@@ -534,3 +534,69 @@ class AuditRecord(Base):
     detail: Mapped[str] = mapped_column(String(1000), default="")
     source: Mapped[str] = mapped_column(String(64), default="")
     __table_args__ = (Index(None, "at"), Index(None, "target"))
+
+
+# --- credit system (see tallypurse.host.credit) ---------------------------------------------------
+class CreditDecision(Base):
+    """One scoring of a cardholder: the indicators it came from, the model's score and
+    grade with its reason codes, and the grade in force after overrides and the
+    starting-grade rule. Append-only history; ``batch_day`` is set by the daily batch
+    (once per cardholder and day)."""
+
+    __tablename__ = "credit_decisions"
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    cardholder_id: Mapped[str] = mapped_column(ForeignKey("cardholders.id"))
+    as_of: Mapped[int] = Time()
+    batch_day: Mapped[dt.date | None] = mapped_column(Date, nullable=True)
+    trigger: Mapped[str] = mapped_column(String(40))
+    model_version: Mapped[str] = mapped_column(String(64))
+    score: Mapped[int] = mapped_column(Integer)
+    model_grade: Mapped[int] = mapped_column(Integer)
+    grade: Mapped[int] = mapped_column(Integer)  # in force: 0 none, 1..5 = A..E
+    basis: Mapped[str] = mapped_column(String(16))  # model, starting or override
+    reasons: Mapped[str] = mapped_column(Text)  # JSON list of reason codes with their points
+    indicators: Mapped[str] = mapped_column(Text)  # JSON object of the 17 indicators
+    online_balance: Mapped[int] = Money()
+    outstanding: Mapped[int] = Money()
+    created: Mapped[int] = Time()
+    __table_args__ = (
+        UniqueConstraint("cardholder_id", "batch_day"),
+        Index(None, "cardholder_id", "as_of"),
+    )
+
+
+class CreditAudit(Base):
+    """Who set a cardholder's grade by hand, when and why: the starting grade, overrides
+    (with an expiry) and their withdrawal. Append-only (the database refuses changes)."""
+
+    __tablename__ = "credit_audit"
+    id: Mapped[int] = mapped_column(PK, primary_key=True)
+    cardholder_id: Mapped[str] = mapped_column(ForeignKey("cardholders.id"), index=True)
+    action: Mapped[str] = mapped_column(String(16))  # start, override, clear
+    grade: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(String(500))
+    actor: Mapped[str] = mapped_column(String(100))
+    expires: Mapped[int | None] = Time(nullable=True)
+    created: Mapped[int] = Time()
+
+
+class CreditRecordRow(Base):
+    """Every credit record the host gave a card (at personalisation or as a write-back)."""
+
+    __tablename__ = "credit_records"
+    card_id: Mapped[str] = mapped_column(ForeignKey("cards.card_id"), primary_key=True)
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    grade: Mapped[int] = mapped_column(Integer)
+    per_tap_overdraft: Mapped[int] = Money()
+    max_outstanding: Mapped[int] = Money()
+    max_slots: Mapped[int] = mapped_column(Integer)
+    allowed_types: Mapped[int] = mapped_column(Integer)
+    balance_band: Mapped[int] = mapped_column(Integer)
+    outstanding_known: Mapped[int] = Money()
+    issued: Mapped[int] = Time()
+    expires: Mapped[int] = Time()
+    record: Mapped[str] = mapped_column(Text)  # the CreditRecord bytes (hex), unsigned
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("credit_decisions.id"),
+                                                    nullable=True)
+    action_id: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the write-back
+    created: Mapped[int] = Time()
