@@ -5,6 +5,7 @@
 * ``/v1/ops/...``: operators (bearer token, role ``operator``);
 * ``/v1/reports/...``: operators and auditors;
 * ``/v1/merchant/...``: merchants (their own data only), operators, auditors;
+* ``/console/``: the operator console, web pages with their own login (docs/console.md);
 * ``/health`` (the process answers), ``/ready`` (the database answers, schema at
   head), ``/openapi.json`` (no authentication); ``/metrics`` (Prometheus text,
   operator or auditor token).
@@ -469,4 +470,9 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+
+    # --- the operator console (web pages; its own session, CSRF and audit log) -----------------
+    from tallypurse.host.console import create_console
+
+    app.mount("/console", create_console(host), name="console")
     return app

@@ -159,7 +159,7 @@ def _source(request: Request) -> str:
     return f"console {request.client.host}" if request.client else "console"
 
 
-# --- the app ---------------------------------------------------------------------------------------
+# --- the app -------------------------------------------------------------------------------
 def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
     """The console as an ASGI app; the host API mounts it at ``/console``."""
     app = FastAPI(title="tallypurse console", docs_url=None, redoc_url=None, openapi_url=None)

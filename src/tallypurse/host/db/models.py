@@ -502,7 +502,7 @@ class SettingRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-# --- operator console -------------------------------------------------------------------------------
+# --- operator console ------------------------------------------------------------------------------
 class ConsoleUser(Base):
     """A person who logs in to the operator console (``host/console``). The password is
     kept only as an Argon2id hash; a merchant user names its merchant."""
@@ -565,11 +565,12 @@ class CreditDecision(Base):
     )
 
 
-class CreditAudit(Base):
-    """Who set a cardholder's grade by hand, when and why: the starting grade, overrides
-    (with an expiry) and their withdrawal. Append-only (the database refuses changes)."""
+class CreditOverride(Base):
+    """Grades set by hand: the starting grade given at registration, operator overrides
+    (with an optional expiry) and their withdrawal (``clear``), with who, when and why.
+    Append-only (the database refuses changes); overrides also go to ``audit_log``."""
 
-    __tablename__ = "credit_audit"
+    __tablename__ = "credit_overrides"
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     cardholder_id: Mapped[str] = mapped_column(ForeignKey("cardholders.id"), index=True)
     action: Mapped[str] = mapped_column(String(16))  # start, override, clear

@@ -1,8 +1,8 @@
 """Credit system: decisions (indicator snapshots, scores, grades), the append-only
 audit of grades set by hand, and the credit records given to cards.
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 """
 
 # ruff: noqa: E501
@@ -11,18 +11,18 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
 PK = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 SQLITE = [
-    """CREATE TRIGGER credit_audit_no_update BEFORE UPDATE ON credit_audit
-       BEGIN SELECT RAISE(ABORT, 'the credit audit trail is append-only'); END""",
-    """CREATE TRIGGER credit_audit_no_delete BEFORE DELETE ON credit_audit
-       BEGIN SELECT RAISE(ABORT, 'the credit audit trail is append-only'); END""",
+    """CREATE TRIGGER credit_overrides_no_update BEFORE UPDATE ON credit_overrides
+       BEGIN SELECT RAISE(ABORT, 'grades set by hand are append-only'); END""",
+    """CREATE TRIGGER credit_overrides_no_delete BEFORE DELETE ON credit_overrides
+       BEGIN SELECT RAISE(ABORT, 'grades set by hand are append-only'); END""",
 ]
 
 POSTGRES = [
@@ -31,7 +31,7 @@ POSTGRES = [
          RAISE EXCEPTION '% is append-only (% refused)', TG_TABLE_NAME, TG_OP
            USING ERRCODE = 'restrict_violation';
        END $$""",
-    """CREATE TRIGGER credit_audit_append_only BEFORE UPDATE OR DELETE ON credit_audit
+    """CREATE TRIGGER credit_overrides_append_only BEFORE UPDATE OR DELETE ON credit_overrides
        FOR EACH ROW EXECUTE FUNCTION tp_append_only()""",
 ]
 
@@ -60,7 +60,7 @@ def upgrade() -> None:
     with op.batch_alter_table('credit_decisions', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_credit_decisions_cardholder_id_as_of'), ['cardholder_id', 'as_of'], unique=False)
 
-    op.create_table('credit_audit',
+    op.create_table('credit_overrides',
     sa.Column('id', PK, nullable=False),
     sa.Column('cardholder_id', sa.String(length=40), nullable=False),
     sa.Column('action', sa.String(length=16), nullable=False),
@@ -69,11 +69,11 @@ def upgrade() -> None:
     sa.Column('actor', sa.String(length=100), nullable=False),
     sa.Column('expires', sa.BigInteger(), nullable=True),
     sa.Column('created', sa.BigInteger(), nullable=False),
-    sa.ForeignKeyConstraint(['cardholder_id'], ['cardholders.id'], name=op.f('fk_credit_audit_cardholder_id_cardholders')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_credit_audit'))
+    sa.ForeignKeyConstraint(['cardholder_id'], ['cardholders.id'], name=op.f('fk_credit_overrides_cardholder_id_cardholders')),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_credit_overrides'))
     )
-    with op.batch_alter_table('credit_audit', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_credit_audit_cardholder_id'), ['cardholder_id'], unique=False)
+    with op.batch_alter_table('credit_overrides', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_credit_overrides_cardholder_id'), ['cardholder_id'], unique=False)
 
     op.create_table('credit_records',
     sa.Column('card_id', sa.String(length=16), nullable=False),
@@ -103,15 +103,15 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
-        op.execute("DROP TRIGGER credit_audit_append_only ON credit_audit")
+        op.execute("DROP TRIGGER credit_overrides_append_only ON credit_overrides")
         op.execute("DROP FUNCTION tp_append_only()")
     else:
-        op.execute("DROP TRIGGER credit_audit_no_update")
-        op.execute("DROP TRIGGER credit_audit_no_delete")
+        op.execute("DROP TRIGGER credit_overrides_no_update")
+        op.execute("DROP TRIGGER credit_overrides_no_delete")
     op.drop_table('credit_records')
-    with op.batch_alter_table('credit_audit', schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f('ix_credit_audit_cardholder_id'))
-    op.drop_table('credit_audit')
+    with op.batch_alter_table('credit_overrides', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_credit_overrides_cardholder_id'))
+    op.drop_table('credit_overrides')
     with op.batch_alter_table('credit_decisions', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_credit_decisions_cardholder_id_as_of'))
     op.drop_table('credit_decisions')
