@@ -20,7 +20,7 @@ from tallypurse.core import cert as certs
 from tallypurse.core.errors import BadInput
 from tallypurse.core.messages import CreditRecord
 from tallypurse.core.money import currency
-from tallypurse.core.protocol import CertRole, TxType
+from tallypurse.core.protocol import CertRole
 from tallypurse.core.transport import CardTransport
 from tallypurse.host.db.models import BankAccount, Card, Cardholder, Merchant
 from tallypurse.host.errors import CONFLICT, NOT_FOUND, UNKNOWN_CARD, HostError
@@ -38,16 +38,6 @@ IBAN = re.compile(r"^[A-Z]{2}[0-9]{2}[A-Z0-9]{11,30}$")
 BIC = re.compile(r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$")
 YEAR = 365 * 86400
 
-# Grade -> (per-tap overdraft, maximum outstanding, debt slots) in minor units.
-GRADE_LIMITS: dict[int, tuple[int, int, int]] = {
-    0: (0, 0, 0),
-    1: (5_000, 20_000, 4),
-    2: (2_000, 5_000, 4),
-    3: (1_000, 2_000, 2),
-    4: (500, 500, 1),
-    5: (0, 0, 0),
-}
-DEFAULT_CREDIT_TYPES = (TxType.CANTEEN, TxType.TRANSIT)
 
 
 def check_iban(iban: str) -> str:
@@ -99,6 +89,7 @@ class Registry:
             uow.session.add(holder)
             uow.session.flush()
             Ledger(uow.session, now).account_ids([Acct(Kind.ONLINE, holder.id, cur)])
+            self.host.credit.record_start(uow.session, holder.id, grade)
             uow.commit()
         log_event("cardholder_created", cardholder=holder.id)
         return holder.id
@@ -186,40 +177,38 @@ class Registry:
         return mid
 
     # --- cards ------------------------------------------------------------------------------------
-    def credit_record(self, card_id: bytes, grade: int, currency_numeric: int, version: int,
-                      now: int, outstanding: int = 0) -> CreditRecord:
-        per_tap, max_out, slots = GRADE_LIMITS[grade]
-        mask = 0
-        for t in DEFAULT_CREDIT_TYPES:
-            mask |= t.bit
-        return CreditRecord(card_id, version, grade, per_tap, max_out, slots, mask, 0,
-                            outstanding, now, now + YEAR, currency_numeric)
 
     def issue_card(self, transport: CardTransport, *, serial: bytes,
                    cardholder_id: str | None = None,
                    policy: PursePolicy | None = None) -> IssuedCard:
         """Personalise the blank card behind ``transport`` and register it."""
         now = self.host.now()
-        grade, cur_code = 0, "EUR"
+        cur_code = "EUR"
         if cardholder_id is not None:
             with self.host.uow() as uow:
                 holder = self.cardholder(uow.session, cardholder_id)
-                grade, cur_code = holder.credit_grade, holder.currency
+                cur_code = holder.currency
                 if uow.session.get(Card, serial.hex()) is not None:
                     raise HostError(CONFLICT, f"card {serial.hex()} is already registered")
         policy = policy or PursePolicy.default(cur_code)
+        # The first credit record comes from the credit policy (tallypurse.host.credit).
         credit = None
-        if cardholder_id is not None and GRADE_LIMITS[grade][0] > 0:
-            credit = self.credit_record(serial, grade, policy.currency.numeric, 1, now)
+        if cardholder_id is not None:
+            credit = self.host.credit.initial_record(serial, cardholder_id,
+                                                     policy.currency.code, now)
         issued = personalise(transport, self.host.keys, serial=serial, policy=policy, now=now,
                              credit=credit)
         self.register_card(issued, cardholder_id=cardholder_id, currency_code=policy.currency.code,
-                           cap=policy.cap, credit_version=1 if credit else 0)
+                           cap=policy.cap, credit=credit)
         return issued
 
     def register_card(self, issued: IssuedCard, *, cardholder_id: str | None, currency_code: str,
-                      cap: int, credit_version: int = 0) -> None:
-        """Record a personalised card (its certificate is checked against our roots)."""
+                      cap: int, credit_version: int = 0,
+                      credit: CreditRecord | None = None) -> None:
+        """Record a personalised card (its certificate is checked against our roots),
+        with the credit record it was given, if any."""
+        if credit is not None:
+            credit_version = credit.version
         now = self.host.now()
         c = certs.verify(issued.certificate, self.host.roots(), role=CertRole.CARD,
                          at=certs.parse(issued.certificate).not_before, holder=issued.card_id)
@@ -235,6 +224,8 @@ class Registry:
                 app_key_version=issued.app_key_version, credit_version=credit_version,
             ))
             uow.session.flush()
+            if credit is not None:
+                self.host.credit.remember(uow.session, credit)
             Ledger(uow.session, now).account_ids(
                 [Acct(Kind.PURSE_FLOAT, issued.card_id.hex(), currency(currency_code).code)])
             uow.commit()

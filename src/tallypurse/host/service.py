@@ -14,6 +14,7 @@ from .bank import BankConnector, SandboxBank
 from .clearing import Clearing
 from .common import Clock, wall_clock
 from .config import HostSettings
+from .credit import HostCredit
 from .db.engine import Database, UnitOfWork
 from .lists import Lists
 from .loads import Loads
@@ -52,6 +53,7 @@ class Host:
         self.loads = Loads(self)
         self.settlement = Settlements(self)
         self.reports = Reports(self)
+        self.credit = HostCredit(self)
 
     def now(self) -> int:
         return self.clock()

@@ -385,7 +385,7 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
         if not found:
             raise HostError(E.NOT_FOUND, f"no merchant {merchant_id}")
         return pages.render(
-            request, "merchant.html", user, m=found[0],
+            request, "merchant.html", user, merchant=found[0],
             settlements=list(reversed(host.settlement.settlements(merchant_id=merchant_id))),
             unsettled=views.unsettled(host, merchant_id),
             terminals=host.tms.terminals(merchant_id))

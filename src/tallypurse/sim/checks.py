@@ -1,0 +1,491 @@
+"""The rules of DESIGN.md section 8, checked against the cards, the terminals and the host.
+
+The checks do not take the host's word for anything it could get wrong: each
+card's counters, balance and debt slots are read from the card itself; the
+events the host cleared are re-verified against the card's key and chained
+again here; merchants' expected takings are summed from those events and the
+terminals' online receipts, then compared with what settlement paid.
+
+``daily()`` runs at the end of every simulated day (cheap: the ledger audit,
+effects booked twice, wrongly blacklisted cards, settlement arithmetic);
+``final()`` runs once everything has been delivered.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, select
+
+from tallypurse.core.messages import SignedEvent
+from tallypurse.core.protocol import DebtState, EventKind
+from tallypurse.core.purse_client import PurseClient
+from tallypurse.core.transport import ApduClient
+from tallypurse.host.db.models import (
+    Account,
+    Alert,
+    Card,
+    CardEventConflict,
+    CardEventRow,
+    Debt,
+    LedgerTransaction,
+    LoadRow,
+    Merchant,
+    OnlineAuth,
+    Posting,
+    Settlement,
+    WriteBackAction,
+)
+from tallypurse.host.ledger import Kind
+from tallypurse.host.settlement import fee_of
+
+from .city import CardPort
+
+if TYPE_CHECKING:
+    from .simulator import Simulation
+
+MAX_VERIFY = 200_000  # card signatures re-verified at the end (beyond: a seeded sample)
+CLEAR_KINDS = ("clear_debit", "clear_cancel", "clear_load")
+
+
+@dataclass(frozen=True, slots=True)
+class CardState:
+    """A card as the card itself tells it."""
+
+    balance: int
+    atc: int
+    load_counter: int
+    slots: list[tuple[int, int, int]]  # (state, ref, amount) of non-free debt slots
+
+    @property
+    def seqno(self) -> int:
+        return self.atc + self.load_counter
+
+
+def read_card(port: CardPort) -> CardState:
+    port.present()
+    purse = PurseClient(ApduClient(port))
+    purse.select()
+    c = purse.counters()
+    slots = [(int(s.state), s.ref, s.amount) for s in purse.debts() if s.state]
+    return CardState(c.balance, c.atc, c.load_counter, slots)
+
+
+class Checks:
+    def __init__(self, sim: Simulation) -> None:
+        self.sim = sim
+        self.host = sim.host
+
+    def fail(self, rule: str, detail: str) -> None:
+        self.sim.violation(rule, detail)
+
+    # --- every day -------------------------------------------------------------------------------
+    def daily(self) -> None:
+        self.ledger_balances()
+        self.nothing_booked_twice()
+        self.no_honest_card_cloned()
+        self.settlement_arithmetic()
+
+    def ledger_balances(self) -> None:
+        audit = self.host.reports.audit()
+        if not audit["balanced"]:
+            self.fail("money_conserved", f"the ledger audit fails: {audit['differences']}"[:800])
+
+    def nothing_booked_twice(self) -> None:
+        with self.host.uow() as uow:
+            twice = uow.session.execute(
+                select(LedgerTransaction.kind, LedgerTransaction.reference, func.count())
+                .group_by(LedgerTransaction.kind, LedgerTransaction.reference)
+                .having(func.count() > 1).limit(5)).all()
+        for kind, ref, n in twice:
+            self.fail("no_double_charge", f"ledger {kind} {ref} booked {n} times")
+
+    def no_honest_card_cloned(self) -> None:
+        cloned_on_purpose = {p.card_id.hex() for p in self.sim.clones}
+        with self.host.uow() as uow:
+            flagged = list(uow.session.scalars(select(Card.card_id).where(
+                Card.status == "cloned")))
+        for cid in flagged:
+            if cid not in cloned_on_purpose:
+                self.fail("clones_caught", f"card {cid} was never copied, yet the host marked it "
+                                           "cloned (a broken balance chain of an honest card)")
+                self.sim.clones_seen_detected.add(cid)
+
+    def settlement_arithmetic(self) -> None:
+        with self.host.uow() as uow:
+            s = uow.session
+            bp = dict(s.execute(select(Merchant.id, Merchant.fee_basis_points)).all())
+            for row in s.scalars(select(Settlement)):
+                if row.net + row.fees != row.gross or row.fees != fee_of(row.gross,
+                                                                          bp[row.merchant_id]):
+                    self.fail("merchants_paid_once",
+                              f"settlement {row.id} of {row.merchant_id}: gross {row.gross}, "
+                              f"fees {row.fees}, net {row.net}")
+
+    # --- at the end ----------------------------------------------------------------------------
+    def final(self) -> None:
+        sim = self.sim
+        self.daily()
+        clone_ids = {p.card_id.hex() for p in sim.clones}
+        cards = {p.card_id.hex(): read_card(p.port) for p in sim.people}
+        with self.host.uow() as uow:
+            s = uow.session
+            events: dict[str, list[CardEventRow]] = defaultdict(list)
+            for ev in s.scalars(select(CardEventRow).order_by(CardEventRow.card_id,
+                                                              CardEventRow.seqno)):
+                events[ev.card_id].append(ev)
+            host_cards = {c.card_id: c for c in s.scalars(select(Card))}
+            purse_view = {o: -int(b) for o, b in s.execute(
+                select(Account.owner, Account.balance).where(
+                    Account.kind == Kind.PURSE_FLOAT.value)).all()}
+            conflicts = list(s.scalars(select(CardEventConflict)))
+            debts = list(s.scalars(select(Debt)))
+        self.signatures(events, conflicts, host_cards)
+        self.card_chains(cards, events, host_cards, purse_view, clone_ids)
+        self.effects_once(events)
+        self.terminals_hold_nothing()
+        self.debts_and_slots(cards, debts, clone_ids)
+        self.loads(events)
+        self.value(cards, events, debts, clone_ids)
+        self.online_once()
+        self.merchants(events, conflicts)
+        self.clones(host_cards)
+        self.alerts()
+
+    def signatures(self, events: dict[str, list[CardEventRow]],
+                   conflicts: list[CardEventConflict], host_cards: dict[str, Card]) -> None:
+        """Rule 6: every cleared event carries the card's own signature and says what the
+        host recorded of it."""
+        rows: list[tuple[str, str, CardEventRow | None]] = [
+            (ev.card_id, ev.record, ev) for evs in events.values() for ev in evs]
+        rows += [(c.card_id, c.record, None) for c in conflicts]
+        if len(rows) > MAX_VERIFY:
+            rows = self.sim.rng.sample(rows, MAX_VERIFY)
+        bad = 0
+        for cid, record, row in rows:
+            signed = SignedEvent.parse(bytes.fromhex(record))
+            e = signed.event
+            ok = signed.verify(bytes.fromhex(host_cards[cid].public_key)) and e.card_id.hex() == cid
+            if ok and row is not None:
+                ok = (e.kind, e.atc, e.load_counter, e.amount, e.split, e.balance_before,
+                      e.balance_after) == (row.kind, row.atc, row.load_counter, row.amount,
+                                           row.split, row.balance_before, row.balance_after)
+            if not ok:
+                bad += 1
+                if bad <= 5:
+                    self.fail("no_value_created", f"card {cid}: a cleared event does not carry "
+                                                  "the card's signature or differs from it")
+        self.sim.counts["checked.signatures"] += len(rows)
+
+    def card_chains(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
+                    host_cards: dict[str, Card], purse_view: dict[str, int],
+                    clone_ids: set[str]) -> None:
+        """Rules 1 and 3: every event each card committed reached the host, they chain
+        from zero to the card's balance, and the host's purse view is that balance."""
+        for cid, card in cards.items():
+            if cid in clone_ids:
+                continue
+            evs = events.get(cid, [])
+            hc = host_cards[cid]
+            numbers = [e.seqno for e in evs]
+            if numbers != list(range(1, card.seqno + 1)):
+                missing = sorted(set(range(1, card.seqno + 1)) - set(numbers))
+                self.fail("nothing_lost", f"card {cid} committed {card.seqno} events; the host "
+                                          f"holds {len(numbers)} (missing {missing[:5]})")
+                continue
+            if (hc.contiguous_seqno, hc.max_seqno) != (card.seqno, card.seqno):
+                self.fail("nothing_lost", f"card {cid}: host counters {hc.contiguous_seqno}/"
+                                          f"{hc.max_seqno}, card {card.seqno}")
+            balance, atc, lc = 0, 0, 0
+            broken = ""
+            for e in evs:
+                step_ok = ((e.atc, e.load_counter) == (atc, lc + 1) if e.kind == EventKind.LOAD
+                           else (e.atc, e.load_counter) == (atc + 1, lc))
+                if not step_ok or e.balance_before != balance:
+                    broken = f"event {e.seqno} does not follow"
+                    break
+                if e.kind == EventKind.DEBIT:
+                    after = balance - e.amount
+                elif e.kind == EventKind.CANCEL:
+                    after = balance + e.amount
+                else:
+                    after = balance + e.amount - e.split
+                if after != e.balance_after:
+                    broken = f"event {e.seqno} does not add up"
+                    break
+                balance, atc, lc = after, e.atc, e.load_counter
+            if broken:
+                self.fail("money_conserved", f"card {cid}: the host's events break the chain "
+                                             f"({broken})")
+            elif balance != card.balance:
+                self.fail("money_conserved", f"card {cid}: its events end at {balance}, the "
+                                             f"card holds {card.balance}")
+            if purse_view.get(cid, 0) != card.balance:
+                self.fail("money_conserved", f"card {cid}: the host's purse view is "
+                                             f"{purse_view.get(cid, 0)}, the card holds "
+                                             f"{card.balance}")
+        self.sim.counts["checked.cards"] += len(cards)
+
+    def effects_once(self, events: dict[str, list[CardEventRow]]) -> None:
+        """Rule 2: one ledger effect per card event, per debt, per collection, per payout."""
+        want = {f"{cid}:{e.seqno}" for cid, evs in events.items() for e in evs if e.amount}
+        with self.host.uow() as uow:
+            s = uow.session
+            booked = Counter(s.scalars(select(LedgerTransaction.reference).where(
+                LedgerTransaction.kind.in_(CLEAR_KINDS))))
+            debt_refs = Counter(s.scalars(select(LedgerTransaction.reference).where(
+                LedgerTransaction.kind == "debt_open")))
+            collected = Counter(s.scalars(select(LedgerTransaction.reference).where(
+                LedgerTransaction.kind.in_(("debt_collect_online", "debt_collect_bank")))))
+            payouts = Counter(s.scalars(select(LedgerTransaction.reference).where(
+                LedgerTransaction.kind == "settlement_payout")))
+            settlement_ids = list(s.scalars(select(Settlement.id)))
+            splits = Counter((d.card_id, d.atc) for d in s.scalars(select(Debt)))
+        twice = [r for r, n in booked.items() if n > 1] + sorted(set(booked) - want)
+        if twice:
+            self.fail("no_double_charge", f"{len(twice)} card events booked more than once or "
+                                          f"without a card event, e.g. {twice[:3]}")
+        never = sorted(want - set(booked))
+        if never:
+            self.fail("no_double_charge", f"{len(never)} card events never booked, "
+                                          f"e.g. {never[:3]}")
+        split_events = {(cid, e.atc) for cid, evs in events.items() for e in evs
+                        if e.kind == EventKind.DEBIT and e.split}
+        missing = split_events - set(splits)
+        if missing:
+            self.fail("no_double_charge", f"{len(missing)} split debits have no debt, e.g. "
+                                          f"{sorted(missing)[:3]}")
+        for what, counter in (("debt opened", debt_refs), ("debt collected", collected),
+                              ("payout", payouts)):
+            many = [r for r, n in counter.items() if n > 1]
+            if many:
+                self.fail("no_double_charge", f"{what} more than once: {many[:3]}")
+        no_payout = [i for i in settlement_ids if payouts.get(str(i), 0) != 1]
+        if no_payout:
+            self.fail("no_double_charge", f"settlements without exactly one payout: "
+                                          f"{no_payout[:5]}")
+        bank_refs = Counter(ref for ref, _ in self.sim.bank.settled.values())
+        many = [r for r, n in bank_refs.items() if n > 1]
+        if many:
+            self.fail("no_double_charge", f"the bank collected one debt twice: {many[:3]}")
+
+    def terminals_hold_nothing(self) -> None:
+        """Rule 3: after the final delivery every terminal's journal and outbox are empty
+        and the host refused nothing."""
+        for pos in self.sim.poses:
+            t = pos.term()
+            problems = []
+            if t.journal.open_entries:
+                problems.append(f"{t.journal.open_entries} entries not acknowledged")
+            if t.journal.open_attempts_for():
+                problems.append(f"{len(t.journal.open_attempts_for())} attempts unresolved")
+            if t.outbox.due(include_waiting=True):
+                problems.append(f"{len(t.outbox.due(include_waiting=True))} outbox items queued")
+            if t.outbox.rejected():
+                problems.append(f"outbox items refused by the host: {t.outbox.rejected()[:2]}")
+            if t.journal.rejected_entries():
+                problems.append(f"journal entries refused: {t.journal.rejected_entries()[:2]}")
+            if problems:
+                self.fail("nothing_lost", f"terminal {pos.terminal_id}: " + "; ".join(problems))
+
+    def debts_and_slots(self, cards: dict[str, CardState], debts: list[Debt],
+                        clone_ids: set[str]) -> None:
+        """Rule 4: no debt is left open; each outcome is on the card."""
+        by_card: dict[str, dict[int, Debt]] = defaultdict(dict)
+        for d in debts:
+            self.sim.counts[f"debts.{d.status}"] += 1
+            if d.status in ("open", "bank_pending"):
+                self.fail("debts_closed", f"debt {d.id} (card {d.card_id}, ATC {d.atc}) is still "
+                                          f"{d.status}")
+            by_card[d.card_id][d.atc] = d
+        with self.host.uow() as uow:
+            pending = list(uow.session.scalars(select(WriteBackAction).where(
+                WriteBackAction.status == "pending")))
+        for a in pending:
+            if a.card_id not in clone_ids:
+                self.fail("debts_closed", f"write-back {a.action_id} ({a.kind}) never reached "
+                                          f"card {a.card_id}")
+        for cid, card in cards.items():
+            if cid in clone_ids:
+                continue
+            host = by_card.get(cid, {})
+            for state, ref, amount in card.slots:
+                d = host.get(ref)
+                if state == DebtState.PENDING:
+                    self.fail("debts_closed", f"card {cid}: debt of ATC {ref} still pending on "
+                                              f"the card (host: {d.status if d else 'unknown'})")
+                elif d is None or d.status != "collection" or d.amount - d.repaid != amount:
+                    self.fail("debts_closed", f"card {cid}: failed debt of ATC {ref} ({amount}) "
+                                              f"but the host has "
+                                              f"{(d.status, d.amount - d.repaid) if d else None}")
+            on_card = {ref for _, ref, _ in card.slots}
+            for atc, d in host.items():
+                if d.status == "collection" and d.amount > d.repaid and atc not in on_card:
+                    self.fail("debts_closed", f"card {cid}: the host's failed debt of ATC {atc} "
+                                              "never reached the card")
+
+    def loads(self, events: dict[str, list[CardEventRow]]) -> None:
+        """Rules 2 and 6: each load on a card was authorised by the host, once; what was
+        authorised and never loaded is voided (the operator's job), and the suspense
+        account is then empty."""
+        on_cards: dict[str, tuple[str, int]] = {}
+        for cid, evs in events.items():
+            for e in evs:
+                if e.kind == EventKind.LOAD:
+                    auth = SignedEvent.parse(bytes.fromhex(e.record)).event.terminal_challenge.hex()
+                    if auth in on_cards:
+                        self.fail("no_double_charge", f"load {auth} on a card twice")
+                    on_cards[auth] = (cid, e.amount)
+        with self.host.uow() as uow:
+            rows = list(uow.session.scalars(select(LoadRow)))
+        known = {r.auth_id: r for r in rows}
+        for auth, (cid, amount) in on_cards.items():
+            r = known.get(auth)
+            if r is None or r.card_id != cid or r.amount != amount:
+                self.fail("no_value_created", f"card {cid} holds a load {auth} the host never "
+                                              "authorised")
+            elif r.status != "confirmed":
+                self.fail("no_double_charge", f"load {auth} is on card {cid} but the host has "
+                                              f"it {r.status}")
+        voided = 0
+        for r in rows:
+            if r.status == "authorised" and r.auth_id not in on_cards:
+                self.host.loads.void(r.auth_id)  # the operator gives the funds back
+                voided += 1
+        self.sim.counts["loads.voided_unused"] += voided
+        with self.host.uow() as uow:
+            suspense = uow.session.scalar(select(func.coalesce(func.sum(Account.balance), 0))
+                                          .where(Account.kind == Kind.LOAD_SUSPENSE.value))
+        if suspense:
+            self.fail("no_value_created", f"load suspense holds {-int(suspense or 0)} after every "
+                                          "load was confirmed or voided")
+
+    def value(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
+              debts: list[Debt], clone_ids: set[str]) -> None:
+        """Rule 6: what the cards hold is what the host loaded less what they paid; what
+        they owe is what the host has in collection."""
+        honest = [cid for cid in cards if cid not in clone_ids]
+        held = sum(cards[c].balance for c in honest)
+        flows = 0
+        for cid in honest:
+            for e in events.get(cid, []):
+                if e.kind == EventKind.LOAD:
+                    flows += e.amount - e.split
+                elif e.kind == EventKind.DEBIT:
+                    flows -= e.amount
+                else:
+                    flows += e.amount
+        if held != flows:
+            self.fail("no_value_created", f"the cards hold {held}; loads less debits come to "
+                                          f"{flows}")
+        owed_cards = sum(a for c in honest for st, _, a in cards[c].slots
+                         if st == DebtState.FAILED)
+        owed_host = sum(d.amount - d.repaid for d in debts
+                        if d.status == "collection" and d.card_id not in clone_ids)
+        if owed_cards != owed_host:
+            self.fail("no_value_created", f"the cards' failed debts total {owed_cards}; the host "
+                                          f"has {owed_host} in collection")
+        self.sim.counts["value.on_cards"] = held
+        self.sim.counts["value.in_collection"] = owed_host
+
+    def online_once(self) -> None:
+        """Rule 2: an online purchase is charged once, exactly when the terminal printed it."""
+        with self.host.uow() as uow:
+            approved = {(a.terminal_id, a.auth_code): a.amount for a in uow.session.scalars(
+                select(OnlineAuth).where(OnlineAuth.status == "approved"))}
+            reversed_ = uow.session.scalar(select(func.count()).select_from(OnlineAuth).where(
+                OnlineAuth.status == "reversed")) or 0
+        printed = {(tid, code) for tid, code, _ in self.sim.online_receipts}
+        if len(printed) != len(self.sim.online_receipts):
+            self.fail("no_double_charge", "one online authorisation printed twice")
+        extra = set(approved) - printed
+        if extra:
+            self.fail("no_double_charge", f"{len(extra)} online payments charged without a "
+                                          f"receipt, e.g. {sorted(extra)[:2]}")
+        lost = printed - set(approved)
+        if lost:
+            self.fail("merchants_paid_once", f"{len(lost)} printed online payments are not "
+                                             f"charged, e.g. {sorted(lost)[:2]}")
+        self.sim.counts["online.reversed"] = int(reversed_)
+
+    def merchants(self, events: dict[str, list[CardEventRow]],
+                  conflicts: list[CardEventConflict]) -> None:
+        """Rule 7: each merchant was paid, once, what the cards signed at its terminals and
+        what its online receipts say, less its fees; nothing is left owed."""
+        shop_of = {pos.terminal_id: pos.shop.merchant_id for pos in self.sim.poses}
+        expected: Counter[str] = Counter()
+        for evs in events.values():
+            for e in evs:
+                if e.kind == EventKind.DEBIT:
+                    expected[shop_of[e.terminal_id]] += e.amount + e.split
+                elif e.kind == EventKind.CANCEL:
+                    expected[shop_of[e.terminal_id]] -= e.amount + e.split
+        for c in conflicts:
+            e = SignedEvent.parse(bytes.fromhex(c.record)).event
+            if e.kind == EventKind.DEBIT:
+                expected[shop_of[c.terminal_id]] += e.amount
+            elif e.kind == EventKind.CANCEL:
+                expected[shop_of[c.terminal_id]] -= e.amount
+        for tid, _, amount in self.sim.online_receipts:
+            expected[shop_of[tid]] += amount
+        with self.host.uow() as uow:
+            s = uow.session
+            gross: Counter[str] = Counter(dict(s.execute(
+                select(Settlement.merchant_id, func.sum(Settlement.gross))
+                .group_by(Settlement.merchant_id)).all()))
+            owed = {o: -int(b) for o, b in s.execute(select(Account.owner, Account.balance).where(
+                Account.kind == Kind.MERCHANT_PAYABLE.value)).all()}
+            unsettled = s.scalar(select(func.count()).select_from(LedgerTransaction).where(
+                LedgerTransaction.merchant_id.is_not(None),
+                LedgerTransaction.settlement_id.is_(None))) or 0
+            payouts = s.scalar(select(func.coalesce(func.sum(Posting.amount), 0))
+                               .join(LedgerTransaction,
+                                     LedgerTransaction.id == Posting.transaction_id)
+                               .where(LedgerTransaction.kind == "settlement_payout",
+                                      Posting.amount < 0)) or 0
+            nets = s.scalar(select(func.coalesce(func.sum(Settlement.net), 0))) or 0
+        for shop in self.sim.shops:
+            mid = shop.merchant_id
+            if int(gross.get(mid, 0)) != expected.get(mid, 0):
+                self.fail("merchants_paid_once", f"merchant {mid} was settled {gross.get(mid, 0)}"
+                                                 f" for sales of {expected.get(mid, 0)}")
+            if owed.get(mid, 0):
+                self.fail("merchants_paid_once", f"merchant {mid} is still owed {owed[mid]} after "
+                                                 "the last settlement")
+        if unsettled:
+            self.fail("merchants_paid_once", f"{unsettled} merchant transactions never settled")
+        if -int(payouts) != int(nets):
+            self.fail("merchants_paid_once", f"payouts {-int(payouts)} differ from the "
+                                             f"settlements' net {nets}")
+        self.sim.counts["merchants.gross"] = sum(int(v) for v in gross.values())
+
+    def clones(self, host_cards: dict[str, Card]) -> None:
+        """Rule 5 at the end: every copy that was spent beside its original is caught."""
+        for p in self.sim.clones:
+            assert p.clone is not None
+            original, copy = read_card(p.port), read_card(p.clone)
+            cid = p.card_id.hex()
+            if original.seqno <= p.clone_seqno or copy.seqno <= p.clone_seqno:
+                self.sim.counts["clones.not_spent_both"] += 1
+                continue
+            self.sim.counts["clones.injected"] += 1
+            hc = host_cards[cid]
+            if hc.status == "cloned" and hc.blacklisted:
+                self.sim.counts["clones.detected"] += 1
+            else:
+                self.fail("clones_caught", f"card {cid} was copied and both copies were spent; "
+                                           f"the host has it {hc.status}, blacklisted "
+                                           f"{hc.blacklisted}")
+
+    def alerts(self) -> None:
+        with self.host.uow() as uow:
+            kinds = uow.session.execute(select(Alert.kind, func.count()).group_by(
+                Alert.kind)).all()
+        for kind, n in kinds:
+            self.sim.counts[f"alerts.{kind}"] = int(n)
+            if kind in ("totals_mismatch", "journal_chain"):
+                self.fail("nothing_lost", f"{n} {kind} alert(s) at the host")
+            elif kind in ("record_invalid", "load_unknown"):
+                self.fail("no_value_created", f"{n} {kind} alert(s) at the host")
