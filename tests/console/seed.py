@@ -13,12 +13,12 @@ with what the pages show.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from host.world import Clock, World
-
 from tallypurse.card.card import Card
 from tallypurse.core.cert import KeyRef
 from tallypurse.core.hostapi import EnrolRequest, OnlineAuthoriseRequest, SyncRequest
@@ -173,8 +173,7 @@ def seed(host: Host, lab: Lab, clock: Clock, tmp: Path) -> Seeded:
     canteen.client.sync(SyncRequest(blacklist_version=heads["blacklist"],
                                     actions_version=heads["actions"], parameters_version=1))
     # Day 0 is settled; today is not yet.
-    day0_date = __import__("datetime").datetime.fromtimestamp(
-        clock() - 4 * DAY, __import__("datetime").UTC).date()
+    day0_date = dt.datetime.fromtimestamp(clock() - 4 * DAY, dt.UTC).date()
     host.settlement.run(day0_date)
 
     s.expected = {

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tallypurse.cli.main import app
 from tallypurse.host.db.engine import Database
+from tallypurse.host.db.migrate import head_revision
 from tallypurse.host.db.models import Account
 
 from .world import World
@@ -38,7 +39,7 @@ def test_migrate_creates_the_schema_and_the_keystore_in_a_fresh_data_dir(tmp_pat
     result = runner.invoke(app, ["host", "migrate", "--data-dir", str(tmp_path / "h")],
                            env={"TALLYPURSE_KEYSTORE_PASSPHRASE": "a long passphrase"})
     assert result.exit_code == 0, result.output
-    assert "revision 0002" in result.output
+    assert f"revision {head_revision()}" in result.output
     assert (tmp_path / "h" / "host.sqlite3").is_file()
     assert (tmp_path / "h" / "keystore" / "keystore.json").is_file()
     audit = runner.invoke(app, ["host", "audit", "--json", "--data-dir", str(tmp_path / "h")],
@@ -99,8 +100,10 @@ def test_serve_starts_with_no_configuration_and_answers_health(tmp_path: Path) -
             assert proc.poll() is None, log.read_text()
             assert time.monotonic() < deadline, "serve did not become ready"
             time.sleep(0.5)
-        assert ready.json()["schema"] == "0002"
+        assert ready.json()["schema"] == head_revision()
         assert httpx.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+        login = httpx.get(f"http://127.0.0.1:{port}/console/login")  # the operator console
+        assert login.status_code == 200 and "Log in" in login.text
         unsigned = httpx.post(f"http://127.0.0.1:{port}/v1/terminal/sync", content=b"{}")
         assert unsigned.status_code == 401 and unsigned.json()["code"] == 2101
         assert (tmp_path / "tallypurse-host" / "host.sqlite3").is_file()

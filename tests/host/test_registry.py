@@ -30,7 +30,8 @@ def test_an_issued_card_is_certified_registered_and_carries_its_credit_record(
     assert (info.status, info.cardholder_id, info.purse_host_view) == ("active", holder, 0)
     record = purse.credit_record()
     assert record.verify(world.host.keys.public_key(world.host.list_key()))
-    assert (record.record.grade, record.record.per_tap_overdraft) == (1, 5_000)
+    assert (record.record.grade, record.record.per_tap_overdraft) == (
+        1, world.host.credit.terms(1, "EUR").per_tap_overdraft)
     with world.host.uow() as uow:
         assert world.host.registry.card(uow.session, card.serial.hex()).public_key == (
             c.public_key.hex())
@@ -119,7 +120,8 @@ def test_a_certificate_is_renewed_with_a_new_token(world: World) -> None:
     assert world.sam is not None and world.client is not None
     token = world.host.tms.new_token(world.tid)
     answer = world.client.enrol(enrol_request(world.sam, token))
-    assert certs.parse(bytes.fromhex(answer.certificate)).not_before == world.clock()
+    assert certs.parse(bytes.fromhex(answer.certificate)).not_before == (
+        world.clock() - world.host.settings.clock_skew_s)
 
 
 def test_enrolment_over_http_must_be_signed_with_the_requested_key(world: World) -> None:

@@ -315,3 +315,203 @@ def report(
         if what not in makers:
             raise typer.BadParameter(f"one of {', '.join(makers)}")
         echo_json(makers[what]())
+
+
+# --- credit (tallypurse.host.credit) ----------------------------------------------------------
+credit_app = typer.Typer(help="The credit loop: daily scoring, explanations, overrides.",
+                         no_args_is_help=True)
+app.add_typer(credit_app, name="credit")
+RefArgument = Annotated[str, typer.Argument(help="A card id (16 hex digits) or a cardholder id.",
+                                            show_default=False)]
+
+
+def _who(by: str | None) -> str:
+    import getpass
+
+    return by or getpass.getuser()
+
+
+def _money(minor: int, code: str) -> str:
+    from tallypurse.core.money import currency, format_minor
+
+    return format_minor(minor, currency(code))
+
+
+@credit_app.command("run")
+def credit_run(
+    as_of: Annotated[str | None, typer.Option(
+        "--as-of", help="Score as of the end of this day, YYYY-MM-DD [now].")] = None,
+    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+) -> None:
+    """The daily batch: score every active cardholder (once per day), apply the grades,
+    write back changed credit records to their cards."""
+    day = parse_day(as_of) if as_of is not None else None
+    with opened(db, data_dir) as host:
+        report = host.credit.run(day).to_json()
+    if as_json:
+        echo_json(report)
+        return
+    typer.echo(f"credit batch {report['day']} as of {report['as_of_utc']} "
+               f"(model {report['model_version']}): {report['scored']} scored, "
+               f"{report['skipped']} already scored, {report['not_applied']} not applied "
+               f"(newer decision), {report['records_published']} credit records published")
+    typer.echo("grades: " + (", ".join(f"{g} {n}" for g, n in report["grades"].items())
+                             or "none"))
+    for change in report["grade_changes"]:
+        typer.echo(f"  {change['cardholder_id']}: {change['from']} -> {change['to']} "
+                   f"(score {change['score']}, {change['basis']})")
+
+
+def _print_explanation(x: dict[str, Any]) -> None:
+    cur = x["terms"]["currency"]
+    card = f" (card {x['card_id']})" if x["card_id"] else ""
+    typer.echo(f"cardholder {x['cardholder_id']}{card} as of {x['as_of_utc']}")
+    why = {"model": "the model's grade", "override": "operator override",
+           "starting": f"starting grade; the model decides after "
+                       f"{x['starting_grade_until'] and _day(x['starting_grade_until'])}"}
+    typer.echo(f"grade in force {x['grade']} ({why.get(x['basis'], x['basis'])}); "
+               f"model grade {x['model_grade']}, score {x['score']}, model {x['model_version']}")
+    t = x["terms"]
+    typer.echo("terms: " + (f"{_money(t['per_tap_overdraft'], cur)} per tap, "
+                            f"{_money(t['max_outstanding'], cur)} outstanding, "
+                            f"{t['max_slots']} slot(s); {', '.join(t['allowed_types'])}"
+                            if t["has_credit"] else "no credit"))
+    typer.echo(f"online balance {_money(x['online_balance'], cur)}, outstanding debt "
+               f"{_money(x['outstanding'], cur)}")
+    typer.echo("reasons:" if x["reasons"] else "reasons: none (every indicator in its best bin)")
+    for r in x["reasons"]:
+        typer.echo(f"  {r['code']} {r['text']} (value {r['value']}, {r['points']} points, "
+                   f"best {r['best_points']})")
+    typer.echo("indicators:")
+    for d in x["indicators"]:
+        typer.echo(f"  {d['code']} {d['name']:<26} {d['value']!s:>10}  {d['bin']:<16} "
+                   f"{d['points']:>4} / {d['best_points']}")
+    up = x["to_raise_the_grade"]
+    if up is not None:
+        levers = ", ".join(f"{lv['code']} +{lv['gain']}" for lv in up["levers"][:5])
+        typer.echo(f"to reach {up['next_grade']}: {up['points_needed']} more points "
+                   f"(score {up['at_score']}); biggest gains: {levers or 'none'}")
+    o = x["override"]
+    if o is not None:
+        until = f" until {o['expires_utc']}" if o["expires_utc"] else ""
+        state = "in force" if o["active"] else "expired"
+        typer.echo(f"override: {o['grade']}{until} by {o['by']} ({state}): {o['reason']}")
+    for c in x["cards"]:
+        r = c["credit_record"]
+        line = f"card {c['card_id']} {c['status']}{' BLACKLISTED' if c['blacklisted'] else ''}: "
+        if r is None:
+            line += "no credit record"
+        else:
+            line += (f"record v{r['version']} grade {r['grade']}, "
+                     f"{_money(r['per_tap_overdraft'], cur)} per tap, "
+                     f"{_money(r['max_outstanding'], cur)} outstanding, {r['max_slots']} slot(s), "
+                     f"expires {r['expires_utc']}")
+        if c["record_pending_on_action_list"]:
+            line += " (on the action list, not yet on the card)"
+        typer.echo(line)
+
+
+def _day(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).date().isoformat()
+
+
+@credit_app.command("explain")
+def credit_explain(ref: RefArgument, db: DbOption = None, data_dir: DataDirOption = None,
+                   as_json: JsonOption = False) -> None:
+    """Score, grade, each indicator's value and points, reason codes, model version,
+    what would raise the grade, and each card's credit record (nothing is stored)."""
+    with opened(db, data_dir) as host:
+        explanation = host.credit.explain(ref)
+    if as_json:
+        echo_json(explanation)
+    else:
+        _print_explanation(explanation)
+
+
+@credit_app.command("rescore")
+def credit_rescore(ref: RefArgument, db: DbOption = None, data_dir: DataDirOption = None,
+                   as_json: JsonOption = False) -> None:
+    """Score one cardholder now, apply the grade and write back changed records."""
+    with opened(db, data_dir) as host:
+        outcome = host.credit.rescore(ref, trigger="manual").to_json()
+    _print_outcome(outcome, as_json)
+
+
+def _print_outcome(outcome: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        echo_json(outcome)
+        return
+    typer.echo(f"{outcome['cardholder_id']}: grade {outcome['previous_grade']} -> "
+               f"{outcome['grade']} ({outcome['basis']}; model {outcome['model_grade']}, "
+               f"score {outcome['score']})")
+    for p in outcome["published"]:
+        typer.echo(f"  card {p['card_id']}: credit record v{p['version']} grade {p['grade']} "
+                   f"queued as write-back {p['action_id']}")
+
+
+@credit_app.command("override")
+def credit_override(
+    ref: RefArgument,
+    grade: Annotated[str, typer.Option(help="The grade to set: A, B, C, D or E.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
+    days: Annotated[int | None, typer.Option(help="Expires after this many days.",
+                                             min=1, max=3660)] = None,
+    until: Annotated[str | None, typer.Option(help="Expires at the end of this day, "
+                                                    "YYYY-MM-DD.")] = None,
+    by: Annotated[str | None, typer.Option(help="Who sets it [login name].")] = None,
+    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+) -> None:
+    """Set a cardholder's grade by hand (with a reason; optionally expiring). It applies
+    at once, is written back to the cards, and is audited (who, when, why)."""
+    from tallypurse.credit import Grade
+    from tallypurse.host.credit import end_of_day
+
+    if days is not None and until is not None:
+        raise typer.BadParameter("give --days or --until, not both")
+    try:
+        chosen = Grade.parse(grade)
+    except TallypurseError as exc:
+        fail(exc.message)
+    with opened(db, data_dir) as host:
+        expires = (host.now() + days * 86_400 if days is not None
+                   else end_of_day(parse_day(until)) if until is not None else None)
+        outcome = host.credit.override(ref, chosen, reason=reason, actor=_who(by),
+                                       expires=expires, source="cli").to_json()
+    _print_outcome(outcome, as_json)
+
+
+@credit_app.command("clear-override")
+def credit_clear_override(
+    ref: RefArgument,
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
+    by: Annotated[str | None, typer.Option(help="Who clears it [login name].")] = None,
+    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+) -> None:
+    """End a cardholder's override: the model's grade applies again at once."""
+    with opened(db, data_dir) as host:
+        outcome = host.credit.clear_override(ref, reason=reason, actor=_who(by),
+                                             source="cli").to_json()
+    _print_outcome(outcome, as_json)
+
+
+@credit_app.command("history")
+def credit_history(
+    ref: RefArgument,
+    limit: Annotated[int, typer.Option(help="How many decisions.", min=1, max=1000)] = 20,
+    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+) -> None:
+    """Stored decisions (newest first) and the grades set by hand."""
+    with opened(db, data_dir) as host:
+        history = host.credit.history(ref, limit)
+    if as_json:
+        echo_json(history)
+        return
+    for d in history["decisions"]:
+        codes = " ".join(r["code"] for r in d["reasons"])
+        typer.echo(f"{d['as_of_utc']} {d['trigger']:<24} score {d['score']:>4} model "
+                   f"{d['model_grade']} in force {d['grade']} ({d['basis']}) "
+                   f"{d['model_version']} {codes}")
+    for g in history["grades_set"]:
+        until = f" until {_day(g['expires'])}" if g["expires"] else ""
+        typer.echo(f"{g['at_utc']} {g['action']} {g['grade'] or ''}{until} by {g['by']}: "
+                   f"{g['reason']}")

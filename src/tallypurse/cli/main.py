@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from . import bench, card, credit, demo, host, keys, phone, terminal
+from . import console as console_cli
 
 app = typer.Typer(
     help="tallypurse: offline-first prepaid-card payments (card, terminal, host).",
@@ -17,6 +18,7 @@ app.add_typer(bench.app, name="bench")
 app.add_typer(credit.app, name="credit")
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(host.app, name="host")
+host.app.add_typer(console_cli.app, name="user")  # tallypurse host user ...: console logins
 app.add_typer(phone.app, name="phone")
 app.command("demo")(demo.demo)
 

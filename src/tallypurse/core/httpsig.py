@@ -145,10 +145,16 @@ class _Keys(HTTPSignatureKeyResolver):
     def __init__(self, resolve: Callable[[str], bytes]) -> None:
         self.resolve = resolve
         self.key_id = ""
+        self.refusal: Exception | None = None
 
     def resolve_public_key(self, key_id: str) -> Any:
         self.key_id = key_id
-        return crypto.decode_public_key(self.resolve(key_id))
+        try:
+            point = self.resolve(key_id)
+        except Exception as exc:
+            self.refusal = exc  # the caller's own refusal ("unknown terminal"), passed through
+            raise
+        return crypto.decode_public_key(point)
 
     def resolve_private_key(self, key_id: str) -> Any:  # pragma: no cover
         raise HTTPMessageSignaturesException("no private keys here")
@@ -191,12 +197,14 @@ def verify_request(
         results: list[VerifyResult] = verifier.verify(
             message, max_age=None, expect_tag=TAG, require_components=COVERED, body=body)
     except InvalidSignature as exc:
-        cause = exc.__cause__
-        if isinstance(cause, Exception) and not isinstance(cause, HTTPMessageSignaturesException):
-            raise cause from None  # the key resolver's own refusal
+        if keys.refusal is not None:
+            raise keys.refusal from None  # the key resolver's own refusal
         raise SignatureError("invalid", f"request signature: {exc}") from None
     except HTTPMessageSignaturesException as exc:
         raise SignatureError("invalid", f"request signature: {exc}") from None
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        # Malformed structured fields (RFC 8941) in Signature-Input or Signature.
+        raise SignatureError("invalid", f"malformed signature headers: {exc}") from None
     if len(results) != 1:
         raise SignatureError("invalid", "exactly one tallypurse signature is expected")
     params = results[0].parameters

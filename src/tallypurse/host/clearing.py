@@ -20,37 +20,51 @@ Ledger: a debit moves value from the card's purse float to the merchant's
 payable; a cancel moves it back; a load moves the authorised amount out of
 load suspense into the purse float (and into the credit receivable for the
 part that repaid failed debts). A split debit also opens its debt (see
-:mod:`tallypurse.host.agent`). Each batch is processed with a handful of
-statements, not one round trip per event.
+:mod:`tallypurse.host.agent`).
+
+Speed: a batch is checked before its write transaction begins: the SAM's batch
+signature and every TAC are verified with keys read in a read-only transaction
+(card keys are kept in a per-process cache: a card's certified key never
+changes), on several threads for a large batch (OpenSSL runs without the GIL).
+The write transaction then takes the whole batch with a handful of bulk
+statements (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the
+batch's cards in card order, read the neighbours of its events, insert the
+events, the journal entries and the ledger postings, move the cards' counters.
+Only the rare events (clones, split debits, cancels, loads) go through the ORM.
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
-from sqlalchemy import CursorResult, insert, select, tuple_, update
+from cryptography.hazmat.primitives.asymmetric import ec
+from sqlalchemy import CursorResult, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import DecodeError
 from tallypurse.core.hostapi import BatchAck, BatchUpload, JournalEntry, Rejected, Totals
 from tallypurse.core.httpsig import batch_signed_bytes
-from tallypurse.core.messages import CardEvent, SignedEvent
+from tallypurse.core.messages import CardEvent, SignedEvent, domain
 from tallypurse.core.protocol import EventKind
 from tallypurse.core.samproto import PURPOSE_BATCH, verify_signature
+from tallypurse.host.db import bulk
 from tallypurse.host.db.models import (
     Alert,
     BatchRow,
     Card,
     CardEventConflict,
-    CardEventRow,
     JournalRecord,
     LoadRow,
     Terminal,
-    table,
 )
 from tallypurse.host.errors import (
     BATCH_SIGNATURE,
@@ -72,6 +86,27 @@ if TYPE_CHECKING:
 
 RECORD_KINDS = {"debit": EventKind.DEBIT, "cancel": EventKind.CANCEL, "load": EventKind.LOAD}
 ZERO_TERMINAL = "00" * 8
+EVENT_SIZE = CardEvent.size()
+EVENT_DOMAIN = domain(CardEvent.MSG)
+KEY_CACHE_MAX = 200_000  # card keys kept per process (about 200 bytes each)
+PARALLEL_FROM = 64  # TACs in a batch from which they are verified on several threads
+VERIFY_THREADS = min(8, os.cpu_count() or 1)
+
+EVENT_COLUMNS: list[bulk.Column] = [
+    ("card_id", "text"), ("seqno", "bigint"), ("kind", "integer"), ("atc", "bigint"),
+    ("load_counter", "bigint"), ("amount", "bigint"), ("split", "bigint"),
+    ("currency", "text"), ("tx_type", "integer"), ("balance_before", "bigint"),
+    ("balance_after", "bigint"), ("terminal_id", "text"), ("terminal_seq", "bigint"),
+    ("time", "bigint"), ("record", "text"), ("cleared_at", "bigint")]
+JOURNAL_COLUMNS: list[bulk.Column] = [
+    ("terminal_id", "text"), ("seq", "bigint"), ("kind", "text"), ("card_id", "text"),
+    ("amount", "bigint"), ("split", "bigint"), ("currency", "text"), ("time", "bigint"),
+    ("reference", "text"), ("entry_hash", "text"), ("batch_id", "text"), ("status", "text"),
+    ("code", "integer")]
+CARD_KEY: bulk.Column = ("card_id", "text")
+CARD_EVENT_KEY: list[bulk.Column] = [("card_id", "text"), ("seqno", "bigint")]
+COUNTERS = [("contiguous_seqno", "bigint", "{v}"), ("max_seqno", "bigint", "{v}"),
+            ("gap_since", "bigint", "{v}")]
 
 
 class Taken(StrEnum):
@@ -82,27 +117,37 @@ class Taken(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Incoming:
-    """A verified card event to take, with who uploaded it."""
+    """A verified card event to take, with who uploaded it (``record``: the signed
+    event as hex, as uploaded; computed when not given)."""
 
     signed: SignedEvent
     terminal_id: str
     merchant_id: str
+    record: str = ""
+    card_id: str = field(init=False)
+    seqno: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        e = self.signed.event
+        if not self.record:
+            object.__setattr__(self, "record", self.signed.to_bytes().hex())
+        object.__setattr__(self, "card_id", e.card_id.hex())
+        object.__setattr__(self, "seqno", e.atc + e.load_counter)
 
     @property
     def event(self) -> CardEvent:
         return self.signed.event
 
-    @property
-    def card_id(self) -> str:
-        return self.signed.event.card_id.hex()
 
-    @property
-    def seqno(self) -> int:
-        return self.signed.event.atc + self.signed.event.load_counter
+@dataclass(slots=True)
+class CardState:
+    """What clearing reads and moves on a card (its row is locked by the caller)."""
 
-    @property
-    def record(self) -> str:
-        return self.signed.to_bytes().hex()
+    card_id: str
+    currency: str
+    contiguous_seqno: int
+    max_seqno: int
+    gap_since: int | None
 
 
 class Known(NamedTuple):
@@ -112,6 +157,17 @@ class Known(NamedTuple):
     balance_before: int
     balance_after: int
     record: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """An entry's card record parsed and its TAC verified, outside any write transaction."""
+
+    signed: SignedEvent
+    record: str
+
+
+Check = _Checked | HostError | None  # None: an entry without a card record
 
 
 def _follows(prev: Known, nxt: Known) -> str:
@@ -141,12 +197,50 @@ def _known(e: CardEvent, record: str) -> Known:
     return Known(e.kind, e.atc, e.load_counter, e.balance_before, e.balance_after, record)
 
 
+def _verify_each(jobs: Sequence[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]) -> list[bool]:
+    return [crypto.verify(key, tac, data) for key, tac, data in jobs]
+
+
 class Clearing:
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
 
-    # --- taking card events (shared with load confirmations) --------------------------------------
-    def verify(self, cards: dict[str, Card], raw: bytes) -> SignedEvent:
+    # --- card keys and TACs -----------------------------------------------------------------------
+    def _key(self, card_id: str, point_hex: str) -> ec.EllipticCurvePublicKey:
+        key = self._keys.get(card_id)
+        if key is None:
+            if len(self._keys) >= KEY_CACHE_MAX:
+                self._keys.clear()
+            key = self._keys[card_id] = crypto.decode_public_key(bytes.fromhex(point_hex))
+        return key
+
+    def _known_keys(self, s: Session, card_ids: set[str]) -> dict[str, ec.EllipticCurvePublicKey]:
+        """The certified keys of those of ``card_ids`` that exist."""
+        out = {cid: k for cid in card_ids if (k := self._keys.get(cid)) is not None}
+        missing = sorted(card_ids - out.keys())
+        for cid, point in bulk.select_with(
+                s, [CARD_KEY], [(c,) for c in missing],
+                "SELECT c.card_id, c.public_key FROM cards c JOIN v ON c.card_id = v.card_id"):
+            out[cid] = self._key(cid, point)
+        return out
+
+    def _verify_all(self, jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]
+                    ) -> list[bool]:
+        """Verify TACs; a large batch on several threads."""
+        if len(jobs) < PARALLEL_FROM or VERIFY_THREADS < 2:
+            return _verify_each(jobs)
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="tac")
+            pool = self._pool
+        size = -(-len(jobs) // VERIFY_THREADS)
+        parts = pool.map(_verify_each, [jobs[i:i + size] for i in range(0, len(jobs), size)])
+        return [ok for part in parts for ok in part]
+
+    def verify(self, cards: Mapping[str, Card], raw: bytes) -> SignedEvent:
         """Parse a card record and check its TAC (HostError when it does not verify)."""
         try:
             signed = SignedEvent.parse(raw)
@@ -155,33 +249,53 @@ class Clearing:
         card = cards.get(signed.event.card_id.hex())
         if card is None:
             raise HostError(UNKNOWN_CARD, f"unknown card {signed.event.card_id.hex()}")
-        if not signed.verify(bytes.fromhex(card.public_key)):
+        key = self._key(card.card_id, card.public_key)
+        if not crypto.verify(key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]):
             raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
         return signed
 
+    # --- taking card events (shared with load confirmations) --------------------------------------
     def lock_cards(self, s: Session, card_ids: set[str]) -> dict[str, Card]:
         stmt = select(Card).where(Card.card_id.in_(sorted(card_ids))).order_by(Card.card_id)
         if self.host.db.postgres:
             stmt = stmt.with_for_update()
         return {c.card_id: c for c in s.scalars(stmt)}
 
-    def take(self, s: Session, cards: dict[str, Card],
+    def _lock_states(self, s: Session, card_ids: set[str]) -> dict[str, CardState]:
+        """Lock the cards' rows in card order and read their counters."""
+        lock = " FOR UPDATE OF c" if self.host.db.postgres else ""
+        rows = bulk.select_with(
+            s, [CARD_KEY], [(c,) for c in sorted(card_ids)],
+            "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since "
+            f"FROM cards c JOIN v ON c.card_id = v.card_id ORDER BY c.card_id{lock}")
+        return {r[0]: CardState(r[0], r[1], int(r[2]), int(r[3]),
+                                None if r[4] is None else int(r[4])) for r in rows}
+
+    def take(self, s: Session, cards: Mapping[str, Card],
              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
         """Take verified card events (cards locked by the caller): one outcome per item,
         and the bank instructions to submit once the transaction has committed."""
+        states = {cid: CardState(c.card_id, c.currency, c.contiguous_seqno, c.max_seqno,
+                                 c.gap_since) for cid, c in cards.items()}
+        return self._take(s, states, items)
+
+    def _take(self, s: Session, cards: dict[str, CardState],
+              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
         now = self.host.now()
-        wanted = {(it.card_id, it.seqno + d) for it in items for d in (-1, 0, 1)}
+        s.flush()
+        wanted: set[tuple[str, int]] = set()
+        for it in items:
+            top = cards[it.card_id].max_seqno  # no event of the card is above its max seqno
+            wanted.update((it.card_id, n) for n in (it.seqno - 1, it.seqno, it.seqno + 1)
+                          if 1 <= n <= top)
         known: dict[tuple[str, int], Known] = {}
-        if wanted:
-            for row in s.execute(
-                select(CardEventRow.card_id, CardEventRow.seqno, CardEventRow.kind,
-                       CardEventRow.atc, CardEventRow.load_counter, CardEventRow.balance_before,
-                       CardEventRow.balance_after, CardEventRow.record)
-                .where(tuple_(CardEventRow.card_id, CardEventRow.seqno).in_(sorted(wanted)))
-            ):
-                known[(row.card_id, row.seqno)] = Known(row.kind, row.atc, row.load_counter,
-                                                        row.balance_before, row.balance_after,
-                                                        row.record)
+        for row in bulk.select_with(
+                s, CARD_EVENT_KEY, sorted(wanted),
+                "SELECT e.card_id, e.seqno, e.kind, e.atc, e.load_counter, e.balance_before, "
+                "e.balance_after, e.record FROM card_events e "
+                "JOIN v ON e.card_id = v.card_id AND e.seqno = v.seqno"):
+            known[(row[0], int(row[1]))] = Known(int(row[2]), int(row[3]), int(row[4]),
+                                                 int(row[5]), int(row[6]), row[7])
         outcomes: list[Taken] = []
         new: list[Incoming] = []
         conflicts: list[Incoming] = []
@@ -217,8 +331,7 @@ class Clearing:
             if problem:
                 broken.setdefault(it.card_id, f"seqno {it.seqno}: {problem}")
 
-        if new:
-            s.execute(insert(table(CardEventRow)), [self._row(it, now) for it in new])
+        bulk.insert(s, "card_events", EVENT_COLUMNS, [self._row(it, now) for it in new])
         for it in conflicts:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
                                     terminal_id=it.terminal_id, record=it.record,
@@ -228,8 +341,14 @@ class Clearing:
         Ledger(s, now).post_many([entry for entry in entries if entry is not None])
         self._advance(s, cards, new, now)
         for card_id, why in broken.items():
-            self._clone(s, cards[card_id], why)
-        return outcomes, self._follow_up(s, cards, new)
+            self._clone(s, self._card(s, card_id), why)
+        return outcomes, self._follow_up(s, new)
+
+    @staticmethod
+    def _card(s: Session, card_id: str) -> Card:
+        card = s.get(Card, card_id)
+        assert card is not None  # locked by the caller
+        return card
 
     def _conflict_seen(self, s: Session, it: Incoming) -> bool:
         return s.scalar(select(CardEventConflict.id).where(
@@ -237,19 +356,14 @@ class Clearing:
             CardEventConflict.record == it.record)) is not None
 
     @staticmethod
-    def _row(it: Incoming, now: int) -> dict[str, object]:
+    def _row(it: Incoming, now: int) -> tuple[object, ...]:
         e = it.event
-        return {
-            "card_id": it.card_id, "seqno": it.seqno, "kind": e.kind, "atc": e.atc,
-            "load_counter": e.load_counter, "amount": e.amount, "split": e.split,
-            "currency": alpha_currency(e.currency), "tx_type": e.tx_type,
-            "balance_before": e.balance_before, "balance_after": e.balance_after,
-            "terminal_id": it.terminal_id, "terminal_seq": e.terminal_seq, "time": e.time,
-            "record": it.record, "cleared_at": now,
-        }
+        return (it.card_id, it.seqno, e.kind, e.atc, e.load_counter, e.amount, e.split,
+                alpha_currency(e.currency), e.tx_type, e.balance_before, e.balance_after,
+                it.terminal_id, e.terminal_seq, e.time, it.record, now)
 
     @staticmethod
-    def _entry(cards: dict[str, Card], it: Incoming) -> Entry | None:
+    def _entry(cards: Mapping[str, CardState], it: Incoming) -> Entry | None:
         e, cid = it.event, it.card_id
         cur = cards[cid].currency
         purse = Acct(Kind.PURSE_FLOAT, cid, cur)
@@ -269,7 +383,7 @@ class Clearing:
                      value_time=e.time, merchant_id=it.merchant_id, card_id=cid)
 
     @staticmethod
-    def _clone_entry(cards: dict[str, Card], it: Incoming) -> Entry | None:
+    def _clone_entry(cards: Mapping[str, CardState], it: Incoming) -> Entry | None:
         e, cid = it.event, it.card_id
         cur = cards[cid].currency
         if not e.amount:
@@ -285,31 +399,49 @@ class Clearing:
                      [(losses, sign * e.amount), (payable, -sign * e.amount)],
                      value_time=e.time, merchant_id=it.merchant_id, card_id=cid)
 
-    def _advance(self, s: Session, cards: dict[str, Card], new: list[Incoming], now: int) -> None:
+    def _advance(self, s: Session, cards: dict[str, CardState], new: list[Incoming],
+                 now: int) -> None:
         """Move each card's contiguous and highest seqno; open or close its gap."""
         by_card: dict[str, set[int]] = defaultdict(set)
         for it in new:
             by_card[it.card_id].add(it.seqno)
+        reach: dict[str, int] = {}
+        walk: list[tuple[str, int]] = []
         for cid, seqnos in by_card.items():
             card = cards[cid]
-            card.max_seqno = max(card.max_seqno, *seqnos)
+            top = max(card.max_seqno, *seqnos)
             c = card.contiguous_seqno
             while c + 1 in seqnos:
                 c += 1
-            if c < card.max_seqno and c > card.contiguous_seqno:
-                # The filled gap may join events taken earlier: read on from the database.
-                later = s.scalars(select(CardEventRow.seqno).where(
-                    CardEventRow.card_id == cid, CardEventRow.seqno > c)
-                    .order_by(CardEventRow.seqno)).all()
-                for n in later:
-                    if n != c + 1:
-                        break
-                    c = n
+            reach[cid] = c
+            if card.contiguous_seqno < c < top:
+                walk.append((cid, c))  # the filled gap may join events taken earlier
+        later: dict[str, list[int]] = defaultdict(list)
+        for cid, n in bulk.select_with(
+                s, CARD_EVENT_KEY, walk,
+                "SELECT e.card_id, e.seqno FROM card_events e "
+                "JOIN v ON e.card_id = v.card_id AND e.seqno > v.seqno "
+                "ORDER BY e.card_id, e.seqno"):
+            later[cid].append(int(n))
+        changed: list[tuple[str, int, int, int | None]] = []
+        for cid, seqnos in by_card.items():
+            card = cards[cid]
+            c = reach[cid]
+            for n in later.get(cid, ()):
+                if n != c + 1:
+                    break
+                c = n
+            card.max_seqno = max(card.max_seqno, *seqnos)
             card.contiguous_seqno = c
-            if card.max_seqno > c:
-                card.gap_since = card.gap_since or now
-            else:
-                card.gap_since = None
+            card.gap_since = (card.gap_since or now) if card.max_seqno > c else None
+            changed.append((cid, c, card.max_seqno, card.gap_since))
+        bulk.update(s, "cards", CARD_KEY, COUNTERS, changed)
+        for cid, c, top, gap in changed:  # a Card the session holds (loads) stays current
+            obj = s.identity_map.get(s.identity_key(Card, cid))
+            if obj is not None:
+                set_committed_value(obj, "contiguous_seqno", c)
+                set_committed_value(obj, "max_seqno", top)
+                set_committed_value(obj, "gap_since", gap)
 
     def _clone(self, s: Session, card: Card, why: str) -> None:
         card.status = "cloned"
@@ -318,16 +450,17 @@ class Clearing:
                     created=self.host.now()))
         log_event("card_cloned", card=card.card_id, why=why, newly_blacklisted=newly)
 
-    def _follow_up(self, s: Session, cards: dict[str, Card], new: list[Incoming]) -> list[str]:
+    def _follow_up(self, s: Session, new: list[Incoming]) -> list[str]:
         """Debts of split debits and cancels; loads confirmed and repaying debts."""
         pending: list[str] = []
         for it in new:
-            e, card = it.event, cards[it.card_id]
+            e = it.event
             if e.kind == EventKind.DEBIT and e.split:
-                pending += self.host.agent.open_from_clearing(s, card, e, it.terminal_id,
-                                                                    it.merchant_id)
+                pending += self.host.agent.open_from_clearing(s, self._card(s, it.card_id), e,
+                                                              it.terminal_id, it.merchant_id)
             elif e.kind == EventKind.CANCEL and e.split:
-                self.host.agent.cancel(s, card, e, it.terminal_id, it.merchant_id)
+                self.host.agent.cancel(s, self._card(s, it.card_id), e, it.terminal_id,
+                                       it.merchant_id)
             elif e.kind == EventKind.LOAD:
                 done = s.execute(
                     update(LoadRow).where(LoadRow.card_id == it.card_id,
@@ -341,7 +474,7 @@ class Clearing:
                                 detail=f"load {e.terminal_challenge.hex()} was not authorised "
                                        "by this host", created=self.host.now()))
                 if e.split:
-                    self.host.agent.repaid_by_load(s, card, e.split)
+                    self.host.agent.repaid_by_load(s, self._card(s, it.card_id), e.split)
         return pending
 
     # --- batches ----------------------------------------------------------------------------------
@@ -352,13 +485,89 @@ class Clearing:
             raise HostError(BATCH_TOO_LARGE,
                             f"at most {self.host.settings.max_batch_entries} entries per batch")
         digest = payload_hash(batch)
-        ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest))
+        checked = self._check_batch(terminal_id, batch, digest)
+        if isinstance(checked, BatchAck):
+            return checked  # this batch was taken before: the same answer again
+        ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, checked))
         for instruction in pending:
             self.host.agent.process_instruction(instruction)
         return ack
 
-    def _upload(self, terminal_id: str, batch: BatchUpload,
-                digest: str) -> tuple[BatchAck, list[str]]:
+    def _check_batch(self, terminal_id: str, batch: BatchUpload,
+                     digest: str) -> BatchAck | list[Check]:
+        """Before any write transaction: the batch's earlier answer if it was taken,
+        else its SAM signature and every entry's card record checked (one per entry)."""
+        parsed: list[SignedEvent | HostError | None] = []
+        card_ids: set[str] = set()
+        for entry in batch.entries:
+            if RECORD_KINDS.get(entry.kind) is None or not entry.record:
+                parsed.append(None)
+                continue
+            try:
+                one = SignedEvent.parse(bytes.fromhex(entry.record))
+            except DecodeError as exc:
+                parsed.append(HostError(RECORD_INVALID, f"card record: {exc.message}"))
+            else:
+                parsed.append(one)
+                card_ids.add(one.event.card_id.hex())
+            card_ids.add(entry.card_id)
+        with self.host.db.reader() as s:
+            prior = s.execute(select(BatchRow.payload_hash, BatchRow.ack).where(
+                BatchRow.terminal_id == terminal_id, BatchRow.batch_id == batch.batch_id)).first()
+            if prior is not None:
+                if prior.payload_hash != digest:
+                    raise HostError(IDEMPOTENCY_CONFLICT, "batch id reused for another batch")
+                if prior.ack:
+                    return BatchAck.model_validate_json(prior.ack)
+            public = self.host.tms.signing_key(s, terminal_id)
+            keys = self._known_keys(s, card_ids)
+        if not verify_signature(public, hex_bytes(batch.signature, "signature"),
+                                batch_signed_bytes(batch), purpose=PURPOSE_BATCH):
+            raise HostError(BATCH_SIGNATURE, "the SAM's batch signature does not verify")
+        checks: list[Check] = []
+        jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]] = []
+        waiting: list[int] = []
+        for i, (entry, record) in enumerate(zip(batch.entries, parsed, strict=True)):
+            check: Check = None
+            if RECORD_KINDS.get(entry.kind) is not None:
+                if entry.card_id not in keys:
+                    check = HostError(UNKNOWN_CARD, f"unknown card {entry.card_id}")
+                elif not entry.record:
+                    check = HostError(RECORD_MISMATCH,
+                                      f"a {entry.kind} entry needs the card's record")
+                elif isinstance(record, HostError):
+                    check = record
+                elif record is not None:
+                    key = keys.get(record.event.card_id.hex())
+                    if key is None:
+                        check = HostError(UNKNOWN_CARD,
+                                          f"unknown card {record.event.card_id.hex()}")
+                    else:
+                        jobs.append((key, record.tac,
+                                     EVENT_DOMAIN + bytes.fromhex(entry.record)[:EVENT_SIZE]))
+                        waiting.append(i)
+            checks.append(check)
+        for i, ok in zip(waiting, self._verify_all(jobs), strict=True):
+            verified = parsed[i]
+            assert isinstance(verified, SignedEvent)
+            checks[i] = (self._match(verified, batch.entries[i], terminal_id) if ok else
+                         HostError(RECORD_INVALID, "the card's signature (TAC) does not verify"))
+        return checks
+
+    @staticmethod
+    def _match(signed: SignedEvent, entry: JournalEntry, terminal_id: str) -> Check:
+        """A verified record against its journal entry."""
+        e = signed.event
+        kind = RECORD_KINDS[entry.kind]
+        expected_terminal = ZERO_TERMINAL if kind == EventKind.LOAD else terminal_id
+        if (e.kind != kind or e.card_id.hex() != entry.card_id or e.amount != entry.amount
+                or e.split != entry.split or alpha_currency(e.currency) != entry.currency
+                or e.terminal_id.hex() != expected_terminal):
+            return HostError(RECORD_MISMATCH, "the card's record does not match the entry")
+        return _Checked(signed, entry.record)
+
+    def _upload(self, terminal_id: str, batch: BatchUpload, digest: str,
+                checks: list[Check]) -> tuple[BatchAck, list[str]]:
         now = self.host.now()
         with self.host.uow() as uow:
             s = uow.session
@@ -368,10 +577,6 @@ class Clearing:
                 if prior.payload_hash != digest:
                     raise HostError(IDEMPOTENCY_CONFLICT, "batch id reused for another batch")
                 return BatchAck.model_validate_json(prior.ack), []
-            public = self.host.tms.signing_key(s, terminal_id)
-            if not verify_signature(public, hex_bytes(batch.signature, "signature"),
-                                    batch_signed_bytes(batch), purpose=PURPOSE_BATCH):
-                raise HostError(BATCH_SIGNATURE, "the SAM's batch signature does not verify")
             row = BatchRow(terminal_id=terminal_id, batch_id=batch.batch_id, payload_hash=digest,
                            received=now, entries=len(batch.entries), ack="")
             s.add(row)
@@ -379,7 +584,7 @@ class Clearing:
             terminal = s.scalar(uow.lock(select(Terminal).where(
                 Terminal.terminal_id == terminal_id)))
             assert terminal is not None
-            ack, pending = self._entries(s, terminal, batch)
+            ack, pending = self._entries(s, terminal, batch, checks)
             row.ack = ack.model_dump_json()
             row.mismatch = ack.mismatch
             if ack.mismatch:
@@ -392,26 +597,19 @@ class Clearing:
                   rejected=len(ack.rejected), mismatch=ack.mismatch)
         return ack, pending
 
-    def _entries(self, s: Session, terminal: Terminal,
-                 batch: BatchUpload) -> tuple[BatchAck, list[str]]:
+    def _entries(self, s: Session, terminal: Terminal, batch: BatchUpload,
+                 checks: list[Check]) -> tuple[BatchAck, list[str]]:
         tid = terminal.terminal_id
-        seqs = [e.seq for e in batch.entries]
-        seen = dict(s.execute(select(JournalRecord.seq, JournalRecord.entry_hash).where(
-            JournalRecord.terminal_id == tid, JournalRecord.seq.in_(seqs))).all())
-        card_ids = {e.card_id for e in batch.entries}
-        for e in batch.entries:
-            if e.record:
-                try:
-                    card_ids.add(SignedEvent.parse(bytes.fromhex(e.record)).event.card_id.hex())
-                except (DecodeError, ValueError):
-                    pass
-        cards = self.lock_cards(s, card_ids)
+        seen = {int(seq): h for seq, h in bulk.select_with(
+            s, [("terminal_id", "text"), ("seq", "bigint")], [(tid, e.seq) for e in batch.entries],
+            "SELECT j.seq, j.entry_hash FROM journal_records j "
+            "JOIN v ON j.terminal_id = v.terminal_id AND j.seq = v.seq")}
         duplicates: list[int] = []
         rejected: list[Rejected] = []
         taken: list[JournalEntry] = []
-        events: list[tuple[JournalEntry, Incoming]] = []
+        events: list[Incoming] = []
         in_batch: set[int] = set()
-        for entry in batch.entries:
+        for entry, check in zip(batch.entries, checks, strict=True):
             if entry.seq in in_batch:
                 rejected.append(Rejected(seq=entry.seq, code=CONFLICT.code,
                                          reason="journal number twice in one batch"))
@@ -424,54 +622,33 @@ class Clearing:
                     rejected.append(Rejected(seq=entry.seq, code=CONFLICT.code,
                                              reason="journal number used for another entry"))
                 continue
-            try:
-                incoming = self._check_entry(cards, terminal, entry)
-            except HostError as exc:
-                rejected.append(Rejected(seq=entry.seq, code=exc.code, reason=exc.message))
-                if exc.what is RECORD_INVALID:
+            if isinstance(check, HostError):
+                rejected.append(Rejected(seq=entry.seq, code=check.code, reason=check.message))
+                if check.what is RECORD_INVALID:
                     s.add(Alert(kind="record_invalid", card_id=entry.card_id, terminal_id=tid,
-                                detail=f"journal {entry.seq}: {exc.message}"[:500],
+                                detail=f"journal {entry.seq}: {check.message}"[:500],
                                 created=self.host.now()))
                 continue
             taken.append(entry)
-            if incoming is not None:
-                events.append((entry, incoming))
-        _, pending = self.take(s, cards, [inc for _, inc in events])
-        accepted = [e.seq for e in taken]
-        if taken:
-            s.execute(insert(table(JournalRecord)), [{
-                "terminal_id": tid, "seq": e.seq, "kind": e.kind, "card_id": e.card_id,
-                "amount": e.amount, "split": e.split, "currency": e.currency, "time": e.time,
-                "reference": e.reference[:160], "entry_hash": e.entry_hash,
-                "batch_id": batch.batch_id, "status": "accepted", "code": 0} for e in taken])
+            if check is not None:
+                events.append(Incoming(check.signed, tid, terminal.merchant_id, check.record))
+        cards = self._lock_states(s, {it.card_id for it in events})
+        _, pending = self._take(s, cards, events)
+        bulk.insert(s, "journal_records", JOURNAL_COLUMNS, [
+            (tid, e.seq, e.kind, e.card_id, e.amount, e.split, e.currency, e.time,
+             e.reference[:160], e.entry_hash, batch.batch_id, "accepted", 0) for e in taken])
         self._journal_progress(s, terminal, taken)
         host_totals: dict[str, Totals] = {}
-        counted = [e for e in batch.entries if e.seq in set(accepted) | set(duplicates)]
-        for e in counted:
-            t = host_totals.get(e.kind, Totals(count=0, amount=0))
-            host_totals[e.kind] = Totals(count=t.count + 1, amount=t.amount + e.amount)
+        counted = {e.seq for e in taken} | set(duplicates)
+        for e in batch.entries:
+            if e.seq in counted:
+                counted.discard(e.seq)  # an entry counts once, even if sent twice
+                t = host_totals.get(e.kind, Totals(count=0, amount=0))
+                host_totals[e.kind] = Totals(count=t.count + 1, amount=t.amount + e.amount)
         theirs = {k: v for k, v in batch.totals.items() if v.count or v.amount}
-        return BatchAck(batch_id=batch.batch_id, accepted=sorted(accepted),
+        return BatchAck(batch_id=batch.batch_id, accepted=sorted(e.seq for e in taken),
                         duplicates=sorted(duplicates), rejected=rejected,
                         host_totals=host_totals, mismatch=theirs != host_totals), pending
-
-    def _check_entry(self, cards: dict[str, Card], terminal: Terminal,
-                     entry: JournalEntry) -> Incoming | None:
-        kind = RECORD_KINDS.get(entry.kind)
-        if entry.card_id not in cards and kind is not None:
-            raise HostError(UNKNOWN_CARD, f"unknown card {entry.card_id}")
-        if kind is None:
-            return None  # online, reversal, write-back: booked by their own requests
-        if not entry.record:
-            raise HostError(RECORD_MISMATCH, f"a {entry.kind} entry needs the card's record")
-        signed = self.verify(cards, hex_bytes(entry.record, "record"))
-        e = signed.event
-        expected_terminal = ZERO_TERMINAL if kind == EventKind.LOAD else terminal.terminal_id
-        if (e.kind != kind or e.card_id.hex() != entry.card_id or e.amount != entry.amount
-                or e.split != entry.split or alpha_currency(e.currency) != entry.currency
-                or e.terminal_id.hex() != expected_terminal):
-            raise HostError(RECORD_MISMATCH, "the card's record does not match the entry")
-        return Incoming(signed, terminal.terminal_id, terminal.merchant_id)
 
     def _journal_progress(self, s: Session, terminal: Terminal, taken: list[JournalEntry]) -> None:
         """Move the terminal's journal high-water marks; alert on a broken hash chain."""

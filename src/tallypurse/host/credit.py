@@ -239,6 +239,46 @@ class HostCredit:
             return NO_CREDIT
         return policy.terms_for(Grade(grade))
 
+    def grade_limits(self, currency_code: str = "EUR") -> dict[int, tuple[int, int, int]]:
+        """Grade (0 none, 1..5 = A..E) -> (per-tap overdraft, maximum outstanding, debt
+        slots) under this host's policy for a currency."""
+        out = {0: (0, 0, 0)}
+        for g in range(1, 6):
+            t = self.terms(g, currency_code)
+            out[g] = (t.per_tap_overdraft, t.max_outstanding, t.max_slots)
+        return out
+
+    def model_info(self) -> dict[str, Any]:
+        """The model in use, where it comes from, and the policy files looked for."""
+        registry = self.model_registry()
+        sc = self.scorecard()
+        folder = self.settings.policy_dir or self.host.settings.data_dir
+        return {"version": sc.version, "kind": sc.spec.kind, "description": sc.spec.description,
+                "built_in": not registry.current_file.exists(), "registry": str(registry.root),
+                "grade_floors": dict(zip("ABCD", sc.spec.grade_floors, strict=True)),
+                "policy_files": [str(folder / "credit-policy-<CUR>.toml"),
+                                 str(folder / "credit-policy.toml")],
+                "min_history_days": self.settings.min_history_days}
+
+    def overrides(self, *, active_only: bool = True) -> list[dict[str, Any]]:
+        """Operator overrides, newest first (by default only those in force now)."""
+        now = self.host.now()
+        with self.host.uow() as uow:
+            rows = list(uow.session.scalars(select(CreditOverride).where(
+                CreditOverride.action != "start").order_by(CreditOverride.id)))
+            uow.session.expunge_all()
+        latest: dict[str, CreditOverride] = {}
+        for row in rows:
+            latest[row.cardholder_id] = row
+        chosen = [r for r in (latest.values() if active_only else rows)
+                  if not active_only or (r.action == "override"
+                                         and (r.expires is None or r.expires > now))]
+        return [{"cardholder_id": r.cardholder_id, "action": r.action,
+                 "grade": letter(r.grade) if r.grade is not None else None, "reason": r.reason,
+                 "by": r.actor, "at": r.created, "at_utc": _utc(r.created),
+                 "expires": r.expires, "expires_utc": _utc(r.expires) if r.expires else None}
+                for r in sorted(chosen, key=lambda r: -r.id)]
+
     # --- issuance ------------------------------------------------------------------------------
     def initial_record(self, serial: bytes, cardholder_id: str, currency_code: str,
                        now: int) -> CreditRecord | None:
@@ -340,10 +380,10 @@ class HostCredit:
             holders = self._lock(s, ids)
             done = set(s.scalars(select(CreditDecision.cardholder_id).where(
                 CreditDecision.cardholder_id.in_(ids), CreditDecision.batch_day == day)))
-            latest = dict(s.execute(
+            latest: dict[str, int] = {h: int(t) for h, t in s.execute(
                 select(CreditDecision.cardholder_id, func.max(CreditDecision.as_of))
                 .where(CreditDecision.cardholder_id.in_(ids))
-                .group_by(CreditDecision.cardholder_id)).tuples())
+                .group_by(CreditDecision.cardholder_id))}
             todo = [h for h in holders if h.id not in done]
             report.skipped += len(holders) - len(todo)
             inputs = load_inputs(s, [h.id for h in todo], as_of,
@@ -600,6 +640,7 @@ class HostCredit:
             last = s.scalar(select(CreditDecision).where(CreditDecision.cardholder_id == holder_id)
                             .order_by(CreditDecision.as_of.desc(), CreditDecision.id.desc())
                             .limit(1))
+            last_json = _decision_json(last) if last is not None else None
             o = grants.override
             override = None
             if o is not None and o.action == "override":
@@ -607,7 +648,8 @@ class HostCredit:
                             "at": o.created, "at_utc": _utc(o.created), "expires": o.expires,
                             "expires_utc": _utc(o.expires) if o.expires else None,
                             "active": basis == "override"}
-        thin_until = holder.created + self.settings.min_history_days * DAY
+            thin_until = holder.created + self.settings.min_history_days * DAY
+            terms = _terms_json(self.terms(grade, holder.currency), holder.currency)
         return {
             "cardholder_id": holder_id, "card_id": card_id, "as_of": now, "as_of_utc": _utc(now),
             **decision.to_dict(),
@@ -619,9 +661,9 @@ class HostCredit:
             "override": override,
             "online_balance": inputs[holder_id].online_balance,
             "outstanding": inputs[holder_id].outstanding,
-            "terms": _terms_json(self.terms(grade, holder.currency), holder.currency),
+            "terms": terms,
             "cards": cards,
-            "last_decision": _decision_json(last) if last is not None else None,
+            "last_decision": last_json,
         }
 
     def history(self, ref: str, limit: int = 20) -> dict[str, Any]:

@@ -166,12 +166,12 @@ def _load_chunk(s: Session, ids: list[str], as_of: int,
                        CardEventRow.kind == int(EventKind.DEBIT),
                        CardEventRow.time >= start, CardEventRow.time <= as_of)):
             out[owner[cid]].taps.append(Tap(at, amount + split, split))
-        for cid, at, amount in s.execute(
+        for online_card, at, amount in s.execute(
                 select(OnlineAuth.card_id, OnlineAuth.created, OnlineAuth.amount)
                 .where(OnlineAuth.card_id.in_(card_ids), OnlineAuth.status == "approved",
                        OnlineAuth.created >= start, OnlineAuth.created <= as_of)):
-            if cid is not None:
-                out[owner[cid]].taps.append(Tap(at, amount))
+            if online_card is not None:
+                out[owner[online_card]].taps.append(Tap(at, amount))
         # top-ups of the purse that reached the card (money from outside, not the
         # online account moving to the purse)
         for cid, at, amount in s.execute(
@@ -219,10 +219,8 @@ def _balances(s: Session, out: dict[str, HolderInputs], owner: dict[str, str], a
         rows += s.execute(select(Account.id, Account.kind, Account.owner).where(
             Account.kind == Kind.PURSE_FLOAT.value, Account.owner.in_(card_ids)))
     for acc_id, kind, acc_owner in rows:
-        if kind == Kind.ONLINE.value:
-            accounts[acc_id] = (acc_owner, "online")
-        else:
-            accounts[acc_id] = (owner[acc_owner], "purse")
+        holder_id = acc_owner if kind == Kind.ONLINE.value else owner[acc_owner]
+        accounts[acc_id] = (holder_id, "online" if kind == Kind.ONLINE.value else "purse")
     if not accounts:
         return
     opening: dict[tuple[str, str], int] = defaultdict(int)

@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tallypurse.core.errors import TallypurseError
+from tallypurse.host.db import bulk
 from tallypurse.host.db.models import Account, LedgerTransaction, Posting, table
 
 
@@ -55,6 +56,16 @@ class Kind(StrEnum):
     LOAD_SUSPENSE = "load_suspense"
 
 
+
+
+ACCOUNT_KEY: list[bulk.Column] = [("kind", "text"), ("owner", "text"), ("currency", "text")]
+TXN_COLUMNS: list[bulk.Column] = [
+    ("kind", "text"), ("reference", "text"), ("created", "bigint"), ("value_time", "bigint"),
+    ("value_day", "date"), ("merchant_id", "text"), ("card_id", "text"), ("memo", "text")]
+POSTING_COLUMNS: list[bulk.Column] = [
+    ("transaction_id", "bigint"), ("account_id", "bigint"), ("amount", "bigint"),
+    ("currency", "text")]
+BULK_BALANCES = 8  # more account balances than this move in one statement
 
 
 class LedgerError(TallypurseError):
@@ -132,15 +143,12 @@ class Ledger:
         wanted = set(accts)
         if not wanted:
             return {}
-        rows = self.session.execute(
-            select(Account.id, Account.kind, Account.owner, Account.currency).where(
-                tuple_(Account.kind, Account.owner, Account.currency).in_(
-                    [(a.kind.value, a.owner, a.currency) for a in wanted]
-                )
-            )
-        ).all()
-        out = {Acct(Kind(r.kind), r.owner, r.currency): r.id for r in rows}
-        for acct in wanted - out.keys():
+        rows = bulk.select_with(
+            self.session, ACCOUNT_KEY, [(a.kind.value, a.owner, a.currency) for a in wanted],
+            "SELECT a.id, a.kind, a.owner, a.currency FROM accounts a JOIN v ON "
+            "a.kind = v.kind AND a.owner = v.owner AND a.currency = v.currency")
+        out = {Acct(Kind(k), o, c): int(i) for i, k, o, c in rows}
+        for acct in sorted(wanted - out.keys(), key=str):
             out[acct] = self._create(acct)
         return out
 
@@ -179,48 +187,65 @@ class Ledger:
         return self.post_many([entry])[0]
 
     def post_many(self, entries: Sequence[Entry]) -> list[int]:
-        """Book several balanced transactions with a few statements in all."""
+        """Book several balanced transactions with a few statements in all (whatever
+        their number: rows go in bulk, see :mod:`tallypurse.host.db.bulk`)."""
         checked = [(e, check_balanced(e)) for e in entries]
         if not checked:
             return []
-        ids = self.account_ids(acct for _, legs in checked for acct, _ in legs)
-        txn_rows = [
-            {
-                "kind": e.kind,
-                "reference": e.reference,
-                "created": self.now,
-                "value_time": e.value_time,
-                "value_day": day_of(e.value_time),
-                "merchant_id": e.merchant_id,
-                "card_id": e.card_id,
-                "memo": e.memo[:200],
-            }
-            for e, _ in checked
-        ]
-        if len({(r["kind"], r["reference"]) for r in txn_rows}) != len(txn_rows):
+        if len({(e.kind, e.reference) for e, _ in checked}) != len(checked):
             raise LedgerError("the same transaction appears twice in one posting")
-        txns = table(LedgerTransaction)
-        txn_ids = list(self.session.scalars(
-            insert(txns).returning(txns.c.id, sort_by_parameter_order=True), txn_rows))
-        postings: list[dict[str, Any]] = []
+        s = self.session
+        ids = self.account_ids(acct for _, legs in checked for acct, _ in legs)
+        s.flush()
+        postgres = bulk.is_postgres(s)
+        days: dict[int, Any] = {}
+        txn_rows = []
+        for e, _ in checked:
+            day = days.get(e.value_time)
+            if day is None:
+                day = days[e.value_time] = day_of(e.value_time)
+            txn_rows.append((e.kind, e.reference, self.now, e.value_time,
+                             day if postgres else day.isoformat(), e.merchant_id, e.card_id,
+                             e.memo[:200]))
+        if postgres:
+            got = bulk.insert(s, "ledger_transactions", TXN_COLUMNS, txn_rows,
+                              returning="id, kind, reference")
+            by_ref = {(k, r): int(i) for i, k, r in got}
+            txn_ids = [by_ref[(e.kind, e.reference)] for e, _ in checked]
+        else:  # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
+            first = int(s.connection().exec_driver_sql(
+                "SELECT COALESCE(MAX(id), 0) FROM ledger_transactions").scalar_one()) + 1
+            txn_ids = list(range(first, first + len(txn_rows)))
+            bulk.insert(s, "ledger_transactions", [("id", "bigint"), *TXN_COLUMNS],
+                        [(i, *r) for i, r in zip(txn_ids, txn_rows, strict=True)])
+        postings: list[tuple[int, int, int, str]] = []
         deltas: dict[int, int] = defaultdict(int)
         for txn_id, (_, legs) in zip(txn_ids, checked, strict=True):
             for acct, amount in legs:
                 aid = ids[acct]
-                postings.append({"transaction_id": txn_id, "account_id": aid, "amount": amount,
-                                 "currency": acct.currency})
+                postings.append((txn_id, aid, amount, acct.currency))
                 deltas[aid] += amount
-        self.session.execute(insert(table(Posting)), postings)
-        accounts = table(Account)
-        changes = [{"b_id": aid, "b_delta": d} for aid, d in sorted(deltas.items()) if d]
-        if changes:
-            self.session.execute(
-                update(accounts)
-                .where(accounts.c.id == bindparam("b_id"))
-                .values(balance=accounts.c.balance + bindparam("b_delta")),
-                changes,
-            )
+        bulk.insert(s, "postings", POSTING_COLUMNS, postings)
+        self._add_to_balances(sorted((aid, d) for aid, d in deltas.items() if d))
         return txn_ids
+
+    def _add_to_balances(self, changes: list[tuple[int, int]]) -> None:
+        """Move account balances, locking the rows in id order (no deadlock between two
+        writers that share accounts)."""
+        s = self.session
+        if not changes:
+            return
+        if len(changes) > BULK_BALANCES and bulk.is_postgres(s):
+            s.connection().exec_driver_sql(
+                "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                ([aid for aid, _ in changes],))
+            bulk.update(s, "accounts", ("id", "bigint"),
+                        [("balance", "bigint", "{t} + {v}")], changes)
+            return
+        accounts = table(Account)
+        s.execute(update(accounts).where(accounts.c.id == bindparam("b_id"))
+                  .values(balance=accounts.c.balance + bindparam("b_delta")),
+                  [{"b_id": aid, "b_delta": d} for aid, d in changes])
 
     def exists(self, kind: str, reference: str) -> bool:
         return self.session.scalar(

@@ -39,6 +39,23 @@ BIC = re.compile(r"^[A-Z]{6}[A-Z0-9]{2}([A-Z0-9]{3})?$")
 YEAR = 365 * 86400
 
 
+def _default_grade_limits() -> dict[int, tuple[int, int, int]]:
+    from tallypurse.credit import Grade, default_policy
+
+    policy = default_policy()
+    limits = {0: (0, 0, 0)}
+    for g in Grade:
+        t = policy.terms_for(g)
+        limits[int(g)] = (t.per_tap_overdraft, t.max_outstanding, t.max_slots)
+    return limits
+
+
+# Grade (0 none, 1..5 = A..E) -> (per-tap overdraft, maximum outstanding, debt slots) in
+# minor units, under the shipped example policy. For display only: the host's own terms
+# come from its policy file (``host.credit.grade_limits()``, ``host.credit.terms()``).
+GRADE_LIMITS: dict[int, tuple[int, int, int]] = _default_grade_limits()
+
+
 
 def check_iban(iban: str) -> str:
     """Validate an IBAN (format and ISO 7064 mod 97-10 check digits)."""

@@ -142,6 +142,7 @@ class Checks:
                     Account.kind == Kind.PURSE_FLOAT.value)).all()}
             conflicts = list(s.scalars(select(CardEventConflict)))
             debts = list(s.scalars(select(Debt)))
+            s.expunge_all()  # keep what was read when the unit of work ends
         self.signatures(events, conflicts, host_cards)
         self.card_chains(cards, events, host_cards, purse_view, clone_ids)
         self.effects_once(events)
@@ -175,8 +176,9 @@ class Checks:
             if not ok:
                 bad += 1
                 if bad <= 5:
-                    self.fail("no_value_created", f"card {cid}: a cleared event does not carry "
-                                                  "the card's signature or differs from it")
+                    self.fail("only_host_creates_value",
+                              f"card {cid}: a cleared event does not carry the card's signature "
+                              "or differs from it")
         self.sim.counts["checked.signatures"] += len(rows)
 
     def card_chains(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
@@ -297,34 +299,39 @@ class Checks:
         for d in debts:
             self.sim.counts[f"debts.{d.status}"] += 1
             if d.status in ("open", "bank_pending"):
-                self.fail("debts_closed", f"debt {d.id} (card {d.card_id}, ATC {d.atc}) is still "
-                                          f"{d.status}")
+                self.fail("debts_resolved", f"debt {d.id} (card {d.card_id}, ATC {d.atc}) is still "
+                                            f"{d.status}")
             by_card[d.card_id][d.atc] = d
         with self.host.uow() as uow:
             pending = list(uow.session.scalars(select(WriteBackAction).where(
                 WriteBackAction.status == "pending")))
+            uow.session.expunge_all()
         for a in pending:
             if a.card_id not in clone_ids:
-                self.fail("debts_closed", f"write-back {a.action_id} ({a.kind}) never reached "
-                                          f"card {a.card_id}")
+                when = ("at its next tap after the terminal synced"
+                        if a.created <= self.sim.final_sync_at else "after three rounds of taps")
+                self.fail("debts_resolved", f"write-back {a.action_id} ({a.kind}) did not reach "
+                                            f"card {a.card_id} {when}")
         for cid, card in cards.items():
             if cid in clone_ids:
                 continue
             host = by_card.get(cid, {})
             for state, ref, amount in card.slots:
-                d = host.get(ref)
+                found = host.get(ref)
                 if state == DebtState.PENDING:
-                    self.fail("debts_closed", f"card {cid}: debt of ATC {ref} still pending on "
-                                              f"the card (host: {d.status if d else 'unknown'})")
-                elif d is None or d.status != "collection" or d.amount - d.repaid != amount:
-                    self.fail("debts_closed", f"card {cid}: failed debt of ATC {ref} ({amount}) "
-                                              f"but the host has "
-                                              f"{(d.status, d.amount - d.repaid) if d else None}")
+                    self.fail("debts_resolved",
+                              f"card {cid}: debt of ATC {ref} still pending on the card "
+                              f"(host: {found.status if found else 'unknown'})")
+                elif (found is None or found.status != "collection"
+                      or found.amount - found.repaid != amount):
+                    self.fail("debts_resolved",
+                              f"card {cid}: failed debt of ATC {ref} ({amount}) but the host has "
+                              f"{(found.status, found.amount - found.repaid) if found else None}")
             on_card = {ref for _, ref, _ in card.slots}
             for atc, d in host.items():
                 if d.status == "collection" and d.amount > d.repaid and atc not in on_card:
-                    self.fail("debts_closed", f"card {cid}: the host's failed debt of ATC {atc} "
-                                              "never reached the card")
+                    self.fail("debts_resolved", f"card {cid}: the host's failed debt of ATC {atc} "
+                                                "never reached the card")
 
     def loads(self, events: dict[str, list[CardEventRow]]) -> None:
         """Rules 2 and 6: each load on a card was authorised by the host, once; what was
@@ -340,12 +347,13 @@ class Checks:
                     on_cards[auth] = (cid, e.amount)
         with self.host.uow() as uow:
             rows = list(uow.session.scalars(select(LoadRow)))
+            uow.session.expunge_all()
         known = {r.auth_id: r for r in rows}
         for auth, (cid, amount) in on_cards.items():
             r = known.get(auth)
             if r is None or r.card_id != cid or r.amount != amount:
-                self.fail("no_value_created", f"card {cid} holds a load {auth} the host never "
-                                              "authorised")
+                self.fail("only_host_creates_value",
+                          f"card {cid} holds a load {auth} the host never authorised")
             elif r.status != "confirmed":
                 self.fail("no_double_charge", f"load {auth} is on card {cid} but the host has "
                                               f"it {r.status}")
@@ -359,8 +367,9 @@ class Checks:
             suspense = uow.session.scalar(select(func.coalesce(func.sum(Account.balance), 0))
                                           .where(Account.kind == Kind.LOAD_SUSPENSE.value))
         if suspense:
-            self.fail("no_value_created", f"load suspense holds {-int(suspense or 0)} after every "
-                                          "load was confirmed or voided")
+            self.fail("only_host_creates_value",
+                      f"load suspense holds {-int(suspense or 0)} after every load was "
+                      "confirmed or voided")
 
     def value(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
               debts: list[Debt], clone_ids: set[str]) -> None:
@@ -378,15 +387,16 @@ class Checks:
                 else:
                     flows += e.amount
         if held != flows:
-            self.fail("no_value_created", f"the cards hold {held}; loads less debits come to "
-                                          f"{flows}")
+            self.fail("only_host_creates_value",
+                      f"the cards hold {held}; loads less debits come to {flows}")
         owed_cards = sum(a for c in honest for st, _, a in cards[c].slots
                          if st == DebtState.FAILED)
         owed_host = sum(d.amount - d.repaid for d in debts
                         if d.status == "collection" and d.card_id not in clone_ids)
         if owed_cards != owed_host:
-            self.fail("no_value_created", f"the cards' failed debts total {owed_cards}; the host "
-                                          f"has {owed_host} in collection")
+            self.fail("only_host_creates_value",
+                      f"the cards' failed debts total {owed_cards}; the host has {owed_host} "
+                      "in collection")
         self.sim.counts["value.on_cards"] = held
         self.sim.counts["value.in_collection"] = owed_host
 
@@ -423,11 +433,11 @@ class Checks:
                 elif e.kind == EventKind.CANCEL:
                     expected[shop_of[e.terminal_id]] -= e.amount + e.split
         for c in conflicts:
-            e = SignedEvent.parse(bytes.fromhex(c.record)).event
-            if e.kind == EventKind.DEBIT:
-                expected[shop_of[c.terminal_id]] += e.amount
-            elif e.kind == EventKind.CANCEL:
-                expected[shop_of[c.terminal_id]] -= e.amount
+            clone = SignedEvent.parse(bytes.fromhex(c.record)).event
+            if clone.kind == EventKind.DEBIT:
+                expected[shop_of[c.terminal_id]] += clone.amount
+            elif clone.kind == EventKind.CANCEL:
+                expected[shop_of[c.terminal_id]] -= clone.amount
         for tid, _, amount in self.sim.online_receipts:
             expected[shop_of[tid]] += amount
         with self.host.uow() as uow:
@@ -488,4 +498,4 @@ class Checks:
             if kind in ("totals_mismatch", "journal_chain"):
                 self.fail("nothing_lost", f"{n} {kind} alert(s) at the host")
             elif kind in ("record_invalid", "load_unknown"):
-                self.fail("no_value_created", f"{n} {kind} alert(s) at the host")
+                self.fail("only_host_creates_value", f"{n} {kind} alert(s) at the host")

@@ -42,7 +42,7 @@ class Trade:
 TRADES: tuple[Trade, ...] = (
     Trade("canteen", TxType.CANTEEN, (250, 1_200), 100),
     Trade("transit", TxType.TRANSIT, (150, 450), 50),
-    Trade("retail", TxType.RETAIL, (300, 6_000), 150, big_ticket=0.04),
+    Trade("retail", TxType.RETAIL, (300, 3_500), 150, big_ticket=0.04),
     Trade("vending", TxType.VENDING, (100, 350), 200),
 )
 

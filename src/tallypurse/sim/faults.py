@@ -42,8 +42,8 @@ class Rates:
     partition_hours: tuple[int, int] = (2, 60)
     late_batch_per_day: float = 0.12  # per terminal and day
     skew_s: int = 45 * 60  # terminal clocks within +- this
-    card_pull: float = 0.02  # per card command that changes the card
-    terminal_crash: float = 0.01  # per terminal operation
+    card_pull: float = 0.03  # per card command that changes the card
+    terminal_crash: float = 0.02  # per terminal operation
     host_restarts_per_day: float = 2.0
     clones_per_1000_cards: float = 5.0  # at least one per run
     bank_failure_rate: float = 0.25

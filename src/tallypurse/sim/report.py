@@ -12,10 +12,10 @@ RULES: dict[str, str] = {
                        "equals every card's balance chain",
     "no_double_charge": "2. a debit, a load, an agent debit, a payout takes effect once",
     "nothing_lost": "3. nothing a card committed or the host acknowledged is lost",
-    "debts_closed": "4. every split debt ends settled or in collection, and its outcome "
+    "debts_resolved": "4. every split debt ends settled or in collection, and its outcome "
                     "reaches the card",
     "clones_caught": "5. a cloned card is detected and blacklisted within one clearing run",
-    "no_value_created": "6. nobody but the host creates value; every debit carries the "
+    "only_host_creates_value": "6. nobody but the host creates value; every debit carries the "
                         "card's signature",
     "merchants_paid_once": "7. every accepted debit is paid to its merchant exactly once",
     "no_internal_errors": "the host and the terminals never failed unexpectedly",

@@ -45,10 +45,11 @@ from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
 from tallypurse.host.db.models import Card as CardRow
+from tallypurse.host.db.models import WriteBackAction
 from tallypurse.host.service import Host
 from tallypurse.keystore.software import KdfParams, SoftwareKeyStore
 from tallypurse.terminal.engine import TapResult, Terminal
-from tallypurse.terminal.errors import Declined, TapInterrupted, TerminalError
+from tallypurse.terminal.errors import DeclineCode, Declined, TapInterrupted, TerminalError
 from tallypurse.terminal.journal import SimulatedCrash
 from tallypurse.terminal.reader import InProcessReader
 
@@ -82,6 +83,12 @@ MAX_TRIES = 5  # a tap is tried again after a fault; the last try is fault-free
 CARD_SERIAL_BASE = 0x5349_4D43_0000_0000  # "SIMC"
 TERMINAL_ID_BASE = 0x5349_4D54_0000_0000  # "SIMT"
 LOW_BALANCE = 1_000
+# Declines after which a customer may top up and pay again.
+SHORT = frozenset({DeclineCode.INSUFFICIENT_FUNDS, DeclineCode.CREDIT_TYPE_NOT_ALLOWED,
+                   DeclineCode.NO_ONLINE_ACCOUNT, DeclineCode.CREDIT_RECORD_INVALID,
+                   DeclineCode.OVERDRAFT_LIMIT, DeclineCode.MAX_OUTSTANDING,
+                   DeclineCode.NO_FREE_DEBT_SLOT, DeclineCode.FAILED_DEBT_OUTSTANDING,
+                   DeclineCode.LISTS_TOO_OLD})
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,9 +149,10 @@ class Simulation:
         self.clones: list[Person] = []
         self.clone_records: dict[tuple[str, int], list[str]] = defaultdict(list)
         self.clones_seen_detected: set[str] = set()
-        self.online_receipts: list[tuple[str, str]] = []  # (terminal, auth code)
+        self.online_receipts: list[tuple[str, str, int]] = []  # (terminal, auth code, amount)
         self._host: Host | None = None
         self._db: Database | None = None
+        self.final_sync_at = 0
 
     # --- the host process --------------------------------------------------------------------
     @property
@@ -189,6 +197,9 @@ class Simulation:
             self.progress(f"city ready in {self.report.setup_s:.1f} s: {len(self.people)} cards, "
                           f"{len(self.poses)} terminals")
             self.loop()
+            # The settle-up and the final checks are one more step: --stop-at it stops
+            # with every event done and nothing delivered yet.
+            self.next_step("settle-up", self.now())
             self.progress("settling up: faults off, every terminal uploads, every card taps")
             self.settle_up()
             from .checks import Checks
@@ -197,6 +208,8 @@ class Simulation:
         except Stop:
             self.report.stopped_at = self.step
         finally:
+            for k, v in self.network.stats.items():
+                self.counts[k if k.startswith("fault.") else f"net.{k}"] += v
             self.report.steps = self.step
             self.report.wall_s = time.perf_counter() - started
             self.close()
@@ -222,13 +235,15 @@ class Simulation:
         }
         while self._heap:
             when, _, kind, args = heapq.heappop(self._heap)
-            self.step += 1
-            if self.cfg.stop_at is not None and self.step >= self.cfg.stop_at:
-                self.progress(f"stopping before step {self.step}: {kind}{args} at "
-                              f"{_stamp(when)}")
-                raise Stop()
+            self.next_step(f"{kind}{args}", when)
             self.clock.t = max(self.clock.t, when)
             handlers[kind](*args)
+
+    def next_step(self, what: str, when: int) -> None:
+        self.step += 1
+        if self.cfg.stop_at is not None and self.step >= self.cfg.stop_at:
+            self.progress(f"stopped before step {self.step}: {what} at {_stamp(when)}")
+            raise Stop()
 
     # --- setting up the city ---------------------------------------------------------------------
     def setup(self) -> None:
@@ -254,8 +269,9 @@ class Simulation:
             shop = self.shops[i % n_shops]
             tid = f"{TERMINAL_ID_BASE + i:016x}"
             _, token = self.host.tms.create_terminal(shop.merchant_id, tid)
+            # Enrolled with the clock nearly right (within the host's allowance); it drifts later.
             pos = Pos(i, tid, shop, self.workdir / "terminals" / tid, SimHostApi(self.network, tid),
-                      CrashSwitch(), rng.randint(-skew, skew) if skew else 0)
+                      CrashSwitch(), rng.randint(-50, 50) if skew else 0)
             pos.terminal = Terminal.enrol(
                 pos.directory, passphrase=SAM_PASSPHRASE, host=pos.api, token=token,
                 terminal_id=bytes.fromhex(tid), merchant_name=f"{shop.name} #{i + 1}",
@@ -263,6 +279,8 @@ class Simulation:
                 write_hook=pos.crash)
             shop.terminals.append(i)
             self.poses.append(pos)
+            if skew:
+                pos.skew = rng.randint(-skew, skew)
         self.clock.t = START - DAY + 5 * HOUR
         failing_share = self.rates.bank_failing_accounts if "bank_failure" in self.faults else 0.0
         for i in range(self.cfg.cards):
@@ -299,8 +317,8 @@ class Simulation:
         if rng.random() >= 0.1:  # most cards belong to a registered cardholder
             holder = registry.create_cardholder(f"Cardholder {i + 1}", "EUR",
                                                 grade=rng.choice((1, 2, 2, 2, 3, 4, 0)))
-            if rng.random() < 0.7:  # some online accounts stay empty
-                registry.fund_online_account(holder, rng.randint(20, 300) * 100, f"sim-init-{i}")
+            if rng.random() < 0.55:  # some online accounts stay empty
+                registry.fund_online_account(holder, rng.randint(5, 100) * 100, f"sim-init-{i}")
                 online_funded = True
             if rng.random() < 0.6:
                 iban = iban_de(i + 1)
@@ -369,13 +387,13 @@ class Simulation:
         for i in range(MAX_TRIES):
             faulty = self.network.on and i < MAX_TRIES - 1
             if faulty and "terminal_crash" in faults and rng.random() < rates.terminal_crash:
-                pos.crash.arm(rng.randrange(0, 12))
+                pos.crash.arm(rng.randrange(0, 8))
             if (port is not None and faulty and "card_pull" in faults
                     and rng.random() < rates.card_pull):
                 if rng.random() < 0.25:
                     port.arm(lose=True)
                 else:
-                    port.arm(cut=rng.randrange(0, 16))
+                    port.arm(cut=rng.randrange(0, 10))
             reader = port.reader() if port is not None else None
             try:
                 return op(pos.term(), reader)
@@ -406,7 +424,7 @@ class Simulation:
         """Unexpected failures of the terminal are findings, not the end of the run."""
         try:
             return fn()
-        except (Stop, KeyboardInterrupt):
+        except (Stop, KeyboardInterrupt, Declined):
             raise
         except TerminalError as exc:
             self._internal_error(f"{what}: terminal error {exc.__class__.__name__}: {exc}")
@@ -421,14 +439,21 @@ class Simulation:
         trade = pos.shop.trade
         self.counts["taps"] += 1
         if p.balance < LOW_BALANCE and self.rng.random() < p.topup_p:
-            funding = p.funding if self.rng.random() < 0.8 else "cash"
-            self.load(pos, p, p.topup_amount, funding)
+            self.load(pos, p, p.topup_amount, self._funding(p))
         amount = self._amount(trade)
-        result = self.purchase(pos, p, p.port, amount, trade)
+        result, why = self.purchase(pos, p, p.port, amount, trade)
+        if why in SHORT and self.rng.random() < p.topup_p:
+            # Short of money (or of credit): top up at the till and pay again.
+            self.counts["taps.topup_and_retry"] += 1
+            self.load(pos, p, p.topup_amount, self._funding(p))
+            result, why = self.purchase(pos, p, p.port, amount, trade)
         if (result is not None and result.receipt is not None and not result.recovered
                 and result.receipt.kind in ("purchase", "split purchase")
                 and self.rng.random() < 0.02):
             self.cancel(pos, p)
+
+    def _funding(self, p: Person) -> str:
+        return p.funding if self.rng.random() < 0.8 else "cash"
 
     def _amount(self, trade: Trade) -> int:
         if trade.big_ticket and self.rng.random() < trade.big_ticket:
@@ -437,7 +462,7 @@ class Simulation:
         return self.rng.randint(lo, hi)
 
     def purchase(self, pos: Pos, p: Person, port: CardPort, amount: int,
-                 trade: Trade) -> TapResult | None:
+                 trade: Trade) -> tuple[TapResult | None, DeclineCode | None]:
         kind = trade.tx_type.name.lower()
 
         def op(t: Terminal, reader: InProcessReader | None) -> TapResult:
@@ -450,10 +475,10 @@ class Simulation:
         try:
             result = self._guard("purchase", lambda: self.attempt(pos, port, op, "purchase"))
         except Declined as exc:
-            self.counts[f"declined.{exc.code.name.lower()}"] += 1
-            return None
+            self.counts[f"declined.{exc.reason.name.lower()}"] += 1
+            return None, exc.reason
         if result is None or result.receipt is None:
-            return None
+            return None, None
         receipt = result.receipt
         label = {"purchase": "purchase.offline", "split purchase": "purchase.split",
                  "online purchase": "purchase.online"}.get(receipt.kind, f"purchase.{receipt.kind}")
@@ -462,48 +487,52 @@ class Simulation:
             self.counts["purchase.recovered_after_fault"] += 1
         self.counts["writebacks.applied"] += len(result.writebacks)
         if receipt.kind == "online purchase":
-            self.online_receipts.append((pos.terminal_id, receipt.reference))
-        elif port is p.port:
+            self.online_receipts.append((pos.terminal_id, receipt.reference,
+                                         receipt.online_amount))
+        elif port is p.port and receipt.balance_after is not None:
             p.balance = receipt.balance_after
-        return result
+        return result, None
 
     def cancel(self, pos: Pos, p: Person) -> None:
         try:
             result = self._guard("cancel", lambda: self.attempt(
                 pos, p.port, lambda t, r: t.cancel_last(_reader(r)), "cancel"))
         except Declined as exc:
-            self.counts[f"cancel.declined.{exc.code.name.lower()}"] += 1
+            self.counts[f"cancel.declined.{exc.reason.name.lower()}"] += 1
             return
         if result is not None and result.receipt is not None:
             self.counts["cancel.ok"] += 1
-            p.balance = result.receipt.balance_after
+            p.balance = result.receipt.balance_after or 0
 
     def load(self, pos: Pos, p: Person, amount: int, funding: str) -> None:
         try:
             result = self._guard("load", lambda: self.attempt(
                 pos, p.port, lambda t, r: t.load(_reader(r), amount, funding=funding), "load"))
         except Declined as exc:
-            self.counts[f"load.declined.{exc.code.name.lower()}"] += 1
+            self.counts[f"load.declined.{exc.reason.name.lower()}"] += 1
             return
         if result is not None and result.receipt is not None:
             self.counts[f"load.{funding}"] += 1
-            p.balance = result.receipt.balance_after
+            p.balance = result.receipt.balance_after or 0
 
     # --- terminals' host work --------------------------------------------------------------------
     def sync(self, index: int) -> None:
         pos = self.poses[index]
         try:
-            self._guard_sync(pos)
+            self.attempt(pos, None, lambda t, _r: t.sync(), "sync")
+        except Stop:
+            raise
         except TerminalError as exc:
             if "host unavailable" in str(exc):
                 self.counts["sync.no_network"] += 1
             else:
                 self._internal_error(f"sync of terminal {pos.terminal_id}: {exc}")
+        except Exception as exc:
+            log.exception("sync failed")
+            self._internal_error(f"sync of terminal {pos.terminal_id}: "
+                                 f"{exc.__class__.__name__}: {exc}")
         else:
             self.counts["sync.ok"] += 1
-
-    def _guard_sync(self, pos: Pos) -> None:
-        self.attempt(pos, None, lambda t, _r: t.sync(), "sync")
 
     def close_day(self, index: int) -> None:
         pos = self.poses[index]
@@ -529,7 +558,7 @@ class Simulation:
     def end_of_day(self, d: int) -> None:
         self.bank_round()
         self.counts["collections.blacklisted"] += self.host.agent.sweep_collections()
-        views = self.host.settlement.run(dt.date.fromtimestamp(START + d * DAY, dt.UTC))
+        views = self.host.settlement.run(_day(START + d * DAY))
         self.counts["settlements"] += len(views)
         if self.cfg.daily_checks:
             from .checks import Checks
@@ -657,21 +686,40 @@ class Simulation:
         self.clock.t += self.bank.latency_s[1] + HOUR
         for _ in range(3):
             self.bank_round()
-        # Every card taps once more, after its terminal synced, to receive its outcomes.
-        for pos in self.poses:
-            self.sync(pos.index)
-        for p in self.people:
-            self.clock.t += 1
-            pos = self.poses[p.haunts[0]]
-            result = self._guard("final tap", lambda: self.attempt(
-                pos, p.port, lambda t, r: t.resolve(_reader(r)), "resolve"))
-            if result is not None:
-                self.counts["writebacks.applied"] += len(result.writebacks)
-                self.counts["final.taps"] += 1
-        self.clock.t += HOUR
-        self.deliver_everything()
-        self.counts["settlements"] += len(self.host.settlement.run(
-            dt.date.fromtimestamp(self.now() + 2 * DAY, dt.UTC)))
+        # Every card taps once more, after its terminal synced, to receive its outcomes;
+        # a write-back published meanwhile (one re-sealed after a receipt) takes a round more.
+        tapping = list(self.people)
+        for r in range(3):
+            self.clock.t += 60
+            for pos in self.poses:
+                self.sync(pos.index)
+            if r == 0:
+                self.final_sync_at = self.now()
+            for p in tapping:
+                self.clock.t += 1
+                self.final_tap(p, r)
+            self.clock.t += HOUR
+            self.deliver_everything()
+            waiting = self._cards_with_pending_actions()
+            tapping = [p for p in self.people if p.card_id.hex() in waiting]
+            if not tapping:
+                break
+        self.counts["settlements"] += len(self.host.settlement.run(_day(self.now() + 2 * DAY)))
+
+    def final_tap(self, p: Person, round_: int) -> None:
+        pos = self.poses[p.haunts[0]]
+        result = self._guard("final tap", lambda: self.attempt(
+            pos, p.port, lambda t, r: t.resolve(_reader(r)), "resolve"))
+        if result is not None:
+            self.counts["writebacks.applied"] += len(result.writebacks)
+            self.counts[f"final.taps_round_{round_ + 1}"] += 1
+
+    def _cards_with_pending_actions(self) -> set[str]:
+        clone_ids = {p.card_id.hex() for p in self.clones}
+        with self.host.uow() as uow:
+            ids = set(uow.session.scalars(select(WriteBackAction.card_id).where(
+                WriteBackAction.status == "pending")))
+        return ids - clone_ids
 
     def deliver_everything(self) -> None:
         for _ in range(4):
@@ -697,6 +745,10 @@ def _counters(port: CardPort) -> Counters:
     purse = PurseClient(ApduClient(port))
     purse.select()
     return purse.counters()
+
+
+def _day(t: int) -> dt.date:
+    return dt.datetime.fromtimestamp(t, dt.UTC).date()
 
 
 def _stamp(t: int) -> str:

@@ -118,6 +118,15 @@ Reader = Annotated[Principal, Depends(needs(Role.OPERATOR, Role.AUDITOR))]
 Anyone = Annotated[Principal, Depends(needs(Role.OPERATOR, Role.AUDITOR, Role.MERCHANT))]
 
 
+# Every status a problem document can carry (see host/errors.py), documented on every route.
+PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": "a problem document (RFC 9457)",
+             "content": {"application/problem+json": {
+                 "schema": {"$ref": "#/components/schemas/Problem"}}}}
+    for status in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+
+
 def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> FastAPI:
     app = FastAPI(
         title="tallypurse host",
@@ -279,7 +288,7 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
          "description": "RFC 9421 / RFC 9530, signed by the terminal's SAM (see docs)"}
         for h in ("Signature-Input", "Signature", "Content-Digest")
     ]
-    request_models: list[type[BaseModel]] = []
+    request_models: list[type[BaseModel]] = [api.Problem]  # schemas the document names
     for name, path in api.ROUTES.items():
         model, answer, handler = terminal_routes[name]
         extra: dict[str, Any] = {"parameters": signed_headers}
@@ -289,13 +298,10 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
                 "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}
         app.add_api_route(path, terminal_endpoint(name, model, handler), methods=["POST"],
                           response_model=answer, tags=["terminal"], openapi_extra=extra,
-                          responses={401: {"model": api.Problem}, 409: {"model": api.Problem},
-                                     422: {"model": api.Problem}})
+                          responses=PROBLEM_RESPONSES)
 
     # --- people ---------------------------------------------------------------------------------
-    problems: dict[int | str, dict[str, Any]] = {
-        401: {"model": api.Problem}, 403: {"model": api.Problem}, 404: {"model": api.Problem},
-        409: {"model": api.Problem}, 422: {"model": api.Problem}}
+    problems = PROBLEM_RESPONSES
 
     def merchant_scope(who: Principal, merchant_id: str | None) -> str | None:
         if who.role == Role.MERCHANT:
@@ -454,6 +460,46 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         if scope is None:
             raise HostError(E.NOT_FOUND, "name a merchant_id")
         return {"merchant_id": scope, "payable": host.settlement.merchant_balance(scope)}
+
+    # --- credit (tallypurse.host.credit) ----------------------------------------------------------
+    def actor(who: Principal) -> str:
+        return who.name or f"{who.role.value} token"
+
+    @app.get("/v1/ops/credit/{ref}", tags=["credit"], responses=problems)
+    def credit_explain(ref: str, _: Reader) -> dict[str, Any]:
+        """Score, grade, indicators with their points, reason codes, model version,
+        what would raise the grade, override, and each card's credit record."""
+        return host.credit.explain(ref)
+
+    @app.get("/v1/ops/credit/{ref}/history", tags=["credit"], responses=problems)
+    def credit_history(ref: str, _: Reader,
+                       limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> dict[str, Any]:
+        return host.credit.history(ref, limit)
+
+    @app.post("/v1/ops/credit/run", tags=["credit"], responses=problems)
+    def credit_run(body: S.CreditRun, _: Operator) -> dict[str, Any]:
+        return host.credit.run(body.day).to_json()
+
+    @app.post("/v1/ops/credit/{ref}/rescore", tags=["credit"], responses=problems)
+    def credit_rescore(ref: str, _: Operator) -> dict[str, Any]:
+        return host.credit.rescore(ref, trigger="manual").to_json()
+
+    @app.post("/v1/ops/credit/{ref}/override", tags=["credit"], responses=problems)
+    def credit_override(ref: str, body: S.CreditOverrideSet, who: Operator) -> dict[str, Any]:
+        from tallypurse.credit import Grade
+
+        if body.expires is not None and body.days is not None:
+            raise HostError(E.VALIDATION, "give expires or days, not both")
+        expires = host.now() + body.days * 86_400 if body.days is not None else body.expires
+        return host.credit.override(ref, Grade[body.grade], reason=body.reason,
+                                    actor=actor(who), role=who.role.value, expires=expires,
+                                    source="api").to_json()
+
+    @app.post("/v1/ops/credit/{ref}/override/clear", tags=["credit"], responses=problems)
+    def credit_clear_override(ref: str, body: S.CreditOverrideClear,
+                              who: Operator) -> dict[str, Any]:
+        return host.credit.clear_override(ref, reason=body.reason, actor=actor(who),
+                                          role=who.role.value, source="api").to_json()
 
     # --- OpenAPI with the terminal request bodies -------------------------------------------------
     def openapi() -> dict[str, Any]:

@@ -117,3 +117,22 @@ class Done(Body):
 
 class Created(Body):
     id: str
+
+
+# --- credit (tallypurse.host.credit) ---------------------------------------------------------
+Reason = Annotated[str, StringConstraints(min_length=1, max_length=500)]
+
+
+class CreditRun(Body):
+    day: dt.date | None = None  # score as of the end of this day (default: now)
+
+
+class CreditOverrideSet(Body):
+    grade: Literal["A", "B", "C", "D", "E"]
+    reason: Reason
+    expires: Annotated[int, Field(gt=0, le=0xFFFFFFFF)] | None = None  # Unix seconds
+    days: Annotated[int, Field(ge=1, le=3660)] | None = None  # or: expires after N days
+
+
+class CreditOverrideClear(Body):
+    reason: Reason

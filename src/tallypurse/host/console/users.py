@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from argon2 import PasswordHasher
+from argon2 import Parameters, PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from sqlalchemy import select
 
@@ -25,9 +25,23 @@ from tallypurse.host.service import Host
 MIN_PASSWORD = 10
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 _hasher = PasswordHasher()
-# Verified against when the username is unknown, so that a wrong name costs as long as a
-# wrong password and the answer's timing does not say which names exist.
-_DUMMY = _hasher.hash("not a password of anyone")
+_dummy: dict[int, str] = {}
+
+
+def set_hash_parameters(parameters: Parameters) -> None:
+    """Hash new passwords with other Argon2 parameters (tests use argon2's CHEAPEST
+    profile). Stored hashes keep verifying, and are rehashed at the next login."""
+    global _hasher
+    _hasher = PasswordHasher.from_parameters(parameters)
+
+
+def _dummy_hash() -> str:
+    """Verified against when the username is unknown, so that a wrong name costs as
+    long as a wrong password and the answer's timing does not tell which names exist."""
+    key = id(_hasher)
+    if key not in _dummy:
+        _dummy[key] = _hasher.hash("not the password of anyone")
+    return _dummy[key]
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,17 +136,19 @@ def active_user(host: Host, username: str) -> User | None:
 
 def authenticate(host: Host, username: str, password: str) -> User | None:
     """The user when the password is right (and the user active), else None."""
+    name = username.strip().lower()
     with host.uow() as uow:
-        row = uow.session.get(ConsoleUser, username.strip().lower())
-        stored = row.password_hash if row is not None else _DUMMY
+        row = uow.session.get(ConsoleUser, name)
+        stored = row.password_hash if row is not None else _dummy_hash()
+        usable = row is not None and row.status == "active"
     try:
         _hasher.verify(stored, password)
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         return None
-    if row is None or row.status != "active":
+    if not usable:
         return None
     with host.uow() as uow:
-        fresh = uow.session.get(ConsoleUser, row.username)
+        fresh = uow.session.get(ConsoleUser, name)
         if fresh is None:
             return None
         if _hasher.check_needs_rehash(fresh.password_hash):

@@ -9,6 +9,7 @@ UTC days of the host's clock (``host.now()``), so a test clock moves them.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from itertools import pairwise
@@ -17,7 +18,10 @@ from typing import Any
 from sqlalchemy import case, func, or_, select
 from sqlalchemy.orm import Session
 
+from tallypurse.core.errors import TallypurseError
 from tallypurse.core.protocol import EventKind, TxType
+from tallypurse.credit.metrics import psi
+from tallypurse.host.credit import letter
 from tallypurse.host.db.models import (
     Account,
     BatchRow,
@@ -25,7 +29,9 @@ from tallypurse.host.db.models import (
     CardEventConflict,
     CardEventRow,
     Cardholder,
+    CreditDecision,
     CreditEvent,
+    CreditOverride,
     Debt,
     LedgerTransaction,
     ListEntry,
@@ -38,13 +44,14 @@ from tallypurse.host.db.models import (
     Terminal,
     WriteBackAction,
 )
+from tallypurse.host.errors import NOT_FOUND, HostError
 from tallypurse.host.ledger import Kind
 from tallypurse.host.lists import ACTIONS, BLACKLIST
-from tallypurse.host.registry import GRADE_LIMITS
 from tallypurse.host.service import Host
 from tallypurse.host.settlement import SALES
 from tallypurse.host.tms import TerminalStatus
 
+log = logging.getLogger("tallypurse.host.console")
 DAY = 86_400
 RECENT_DAYS = 14
 
@@ -241,7 +248,6 @@ class CardPage:
     credit_events: list[CreditEvent]
     blacklist_entries: list[ListEntry]
     open_actions: list[WriteBackAction]
-    grade_limits: tuple[int, int, int] | None
     replacement_candidates: list[str] = field(default_factory=list)
 
     @property
@@ -252,7 +258,6 @@ class CardPage:
         """The balance chain for the chart: one point per event, in counter order."""
         return {"currency": self.card.currency,
                 "labels": [f"#{e.seqno}" for e in self.events],
-                "times": [e.time for e in self.events],
                 "before": [e.balance_before for e in self.events],
                 "after": [e.balance_after for e in self.events]}
 
@@ -293,12 +298,12 @@ def card_page(host: Host, card_id: str) -> CardPage:
             candidates = list(s.scalars(select(Card.card_id).where(
                 Card.cardholder_id == holder.id, Card.card_id != card_id,
                 Card.status == "active").order_by(Card.card_id)))
+        s.expunge_all()  # the rows outlive the (read-only, rolled back) transaction
     info = host.registry.card_info(card_id)
     balance = host.registry.online_balance(holder.id) if holder is not None else None
     return CardPage(card, holder, balance, bank_linked, info.purse_host_view, events, gaps,
                     conflicts, online, loads, debts, credit_events, blacklist_entries,
-                    open_actions, GRADE_LIMITS.get(holder.credit_grade) if holder else None,
-                    candidates)
+                    open_actions, candidates)
 
 
 # --- terminals, merchants, settlement ----------------------------------------------------------
@@ -317,11 +322,12 @@ def merchants(host: Host, merchant_id: str | None = None) -> list[MerchantRow]:
     with host.uow() as uow:
         s = uow.session
         counts = dict(s.execute(select(Terminal.merchant_id, func.count())
-                                .group_by(Terminal.merchant_id)).tuples().all())
+                                .group_by(Terminal.merchant_id)).all())
         stmt = select(Merchant).order_by(Merchant.name, Merchant.id)
         if merchant_id is not None:
             stmt = stmt.where(Merchant.id == merchant_id)
         rows = list(s.scalars(stmt))
+        s.expunge_all()
     return [MerchantRow(m.id, m.name, m.currency, m.fee_basis_points, m.status,
                         int(counts.get(m.id, 0)), host.settlement.merchant_balance(m.id))
             for m in rows]
@@ -329,7 +335,7 @@ def merchants(host: Host, merchant_id: str | None = None) -> list[MerchantRow]:
 
 def merchant_names(host: Host) -> dict[str, str]:
     with host.uow() as uow:
-        return dict(uow.session.execute(select(Merchant.id, Merchant.name)).tuples().all())
+        return dict(uow.session.execute(select(Merchant.id, Merchant.name)).all())
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,6 +381,16 @@ def payment_files(host: Host, limit: int = 50) -> list[FileRow]:
                         f.total, f.currency, f.created)
                 for f in uow.session.scalars(select(PaymentFile)
                                              .order_by(PaymentFile.id.desc()).limit(limit))]
+
+
+def payment_file(host: Host, file_id: int) -> tuple[FileRow, str]:
+    """A stored payout or collection file and its XML."""
+    with host.uow() as uow:
+        f = uow.session.get(PaymentFile, file_id)
+        if f is None:
+            raise HostError(NOT_FOUND, f"no payment file {file_id}")
+        return (FileRow(f.id, f.kind, f.message_id, f.business_day.isoformat(), f.count,
+                        f.total, f.currency, f.created), f.xml)
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,12 +442,13 @@ def lists_page(host: Host) -> ListsPage:
             for n in (BLACKLIST, ACTIONS)}
         terminals = list(s.scalars(select(Terminal).where(Terminal.status == "active")
                                    .order_by(Terminal.terminal_id)))
+        s.expunge_all()
         latest = select(func.max(ListEntry.version)).where(
             ListEntry.list_name == BLACKLIST).group_by(ListEntry.card_id)
         reasons = dict(s.execute(
             select(ListEntry.reason, func.count()).where(
                 ListEntry.list_name == BLACKLIST, ListEntry.version.in_(latest),
-                ListEntry.op == "add").group_by(ListEntry.reason)).tuples().all())
+                ListEntry.op == "add").group_by(ListEntry.reason)).all())
     behind = []
     for t in terminals:
         lag_b = heads[BLACKLIST] - t.blacklist_version
@@ -446,22 +463,30 @@ def lists_page(host: Host) -> ListsPage:
 
 
 # --- credit ------------------------------------------------------------------------------------
+GRADES = (1, 2, 3, 4, 5, 0)  # A..E, then no grade
+
+
 @dataclass
 class CreditPage:
-    grades: dict[int, int]
-    limits: dict[int, tuple[int, int, int]]
+    currency: str
+    model: dict[str, Any]
+    grades: dict[str, int]  # letter -> cardholders (current grade in force)
+    terms: dict[str, dict[str, Any]]  # letter -> the policy's terms for it
+    days: list[str]  # days with stored decisions, oldest first
+    grades_by_day: dict[str, list[int]]  # letter -> cardholders per day (last decision that day)
+    psi_by_day: list[tuple[str, float | None]]  # grade-mix PSI against the previous day
+    overrides: list[CreditOverride]
     events_by_week: dict[str, dict[str, int]]
     event_kinds: list[str]
     collection_rate: list[tuple[str, int, int]]  # week, debts opened, of which failed
-    model: dict[str, Any] | None
-    overrides: list[dict[str, Any]]
     notes: list[str]
 
     def chart(self) -> dict[str, Any]:
         weeks = sorted(self.events_by_week)
         return {
-            "grades": {"labels": [f"grade {g}" for g in self.grades],
-                       "data": list(self.grades.values())},
+            "grades": {"labels": list(self.grades), "data": list(self.grades.values())},
+            "stability": {"labels": self.days, "series": [
+                {"label": g, "data": v} for g, v in self.grades_by_day.items()]},
             "events": {"labels": weeks, "series": [
                 {"label": k, "data": [self.events_by_week[w].get(k, 0) for w in weeks]}
                 for k in self.event_kinds]},
@@ -471,12 +496,27 @@ class CreditPage:
 WEEK = 7 * DAY
 
 
-def credit_page(host: Host, weeks: int = 12) -> CreditPage:
-    since = host.now() - weeks * WEEK
+def credit_page(host: Host, weeks: int = 12, days: int = 30) -> CreditPage:
+    now = host.now()
+    since = now - weeks * WEEK
+    first_day = now // DAY - days + 1
+    notes: list[str] = []
     with host.uow() as uow:
         s = uow.session
+        cur, _ = _primary_currency(s)
         grades = dict(s.execute(select(Cardholder.credit_grade, func.count())
-                                .group_by(Cardholder.credit_grade)).tuples().all())
+                                .group_by(Cardholder.credit_grade)).all())
+        day_col = (CreditDecision.as_of // DAY).label("d")
+        last_of_day = (select(func.max(CreditDecision.id))
+                       .where(CreditDecision.as_of >= first_day * DAY)
+                       .group_by(CreditDecision.cardholder_id, day_col))
+        decided = s.execute(select(day_col, CreditDecision.grade, func.count())
+                            .where(CreditDecision.id.in_(last_of_day))
+                            .group_by(day_col, CreditDecision.grade)).all()
+        overrides = list(s.scalars(select(CreditOverride)
+                                   .where(CreditOverride.action != "start")
+                                   .order_by(CreditOverride.id.desc()).limit(50)))
+        s.expunge_all()
         week_col = (CreditEvent.created // WEEK).label("w")
         rows = s.execute(select(week_col, CreditEvent.kind, func.count())
                          .where(CreditEvent.created >= since)
@@ -486,52 +526,56 @@ def credit_page(host: Host, weeks: int = 12) -> CreditPage:
         rates = s.execute(select(debt_week, func.count(), func.sum(failed))
                           .where(Debt.created >= since).group_by(debt_week)
                           .order_by(debt_week)).all()
+    try:
+        registry = host.credit.model_registry()
+        card = host.credit.scorecard()
+        model: dict[str, Any] = {
+            "version": card.version, "kind": card.spec.kind,
+            "built in": not registry.current_file.exists(), "registry": str(registry.root),
+            "promotions": [p.to_dict() for p in registry.history()][-10:],
+        }
+    except TallypurseError as exc:
+        model = {}
+        notes.append(f"model registry unreadable: {exc.message}")
+    terms = {}
+    for g in GRADES:
+        t = host.credit.terms(g, cur)
+        terms[letter(g)] = {"per_tap_overdraft": t.per_tap_overdraft,
+                            "max_outstanding": t.max_outstanding, "max_slots": t.max_slots,
+                            "types": ", ".join(sorted(x.name.lower() for x in t.allowed_types))}
+    day_numbers = sorted({int(d) for d, _, _ in decided})
+    by_day: dict[str, list[int]] = {letter(g): [0] * len(day_numbers) for g in GRADES}
+    for d, g, n in decided:
+        by_day[letter(int(g))][day_numbers.index(int(d))] = int(n)
+    mixes = [[by_day[letter(g)][i] for g in GRADES] for i in range(len(day_numbers))]
+    psi_by_day: list[tuple[str, float | None]] = []
+    for i, d in enumerate(day_numbers):
+        value = None
+        if i and sum(mixes[i - 1]) and sum(mixes[i]):
+            value = round(psi(mixes[i - 1], mixes[i]), 4)
+        psi_by_day.append((day_of(d * DAY).isoformat(), value))
     by_week: dict[str, dict[str, int]] = defaultdict(dict)
     kinds: set[str] = set()
     for w, kind, n in rows:
         by_week[day_of(int(w) * WEEK).isoformat()][kind] = int(n)
         kinds.add(kind)
-    model, overrides, notes = credit_model(host)
     return CreditPage(
-        grades={g: int(grades.get(g, 0)) for g in sorted(GRADE_LIMITS)},
-        limits=dict(GRADE_LIMITS), events_by_week=dict(by_week), event_kinds=sorted(kinds),
+        currency=cur, model=model,
+        grades={letter(g): int(grades.get(g, 0)) for g in GRADES}, terms=terms,
+        days=[day_of(d * DAY).isoformat() for d in day_numbers],
+        grades_by_day={k: v for k, v in by_day.items() if any(v)}, psi_by_day=psi_by_day,
+        overrides=overrides, events_by_week=dict(by_week), event_kinds=sorted(kinds),
         collection_rate=[(day_of(int(w) * WEEK).isoformat(), int(n), int(f or 0))
                          for w, n, f in rates],
-        model=model, overrides=overrides, notes=notes)
+        notes=notes)
 
 
-def credit_model(host: Host) -> tuple[dict[str, Any] | None, list[dict[str, Any]], list[str]]:
-    """The scoring model in use and operator overrides, from the host's credit service
-    when it has one (``host.credit``); the page shows what the database holds otherwise."""
-    service = getattr(host, "credit", None)
-    if service is None:
-        return None, [], ["The host has no credit service yet: grades are the cardholders' "
-                          "grades as recorded, without a model version or overrides."]
-    notes: list[str] = []
-    model: dict[str, Any] | None = None
-    overrides: list[dict[str, Any]] = []
-    describe = getattr(service, "model_info", None)
-    if callable(describe):
-        try:
-            model = dict(describe())
-        except Exception as exc:  # a page renders whatever the service does
-            notes.append(f"model information unavailable: {exc}")
-    listing = getattr(service, "overrides", None)
-    if callable(listing):
-        try:
-            overrides = [dict(o) for o in listing()]
-        except Exception as exc:
-            notes.append(f"overrides unavailable: {exc}")
-    return model, overrides, notes
-
-
-def credit_explanation(host: Host, cardholder_id: str) -> tuple[dict[str, Any] | None, str]:
-    """A cardholder's score with its reasons, if the host's credit service explains one."""
-    service = getattr(host, "credit", None)
-    explain = getattr(service, "explain", None)
-    if not callable(explain):
-        return None, "no credit service on this host: the grade is as recorded"
+def credit_explanation(host: Host, card_id: str) -> tuple[dict[str, Any] | None, str]:
+    """The cardholder's score now with its reasons (nothing stored), or why there is none."""
     try:
-        return dict(explain(cardholder_id)), ""
-    except Exception as exc:  # shown to the operator, never hidden
-        return None, f"no explanation: {exc}"
+        return host.credit.explain(card_id), ""
+    except TallypurseError as exc:
+        return None, exc.message
+    except Exception as exc:  # the page still shows the card when the credit service fails
+        log.exception("credit explanation failed for card %s", card_id)
+        return None, f"credit explanation unavailable ({exc.__class__.__name__}); see the log"

@@ -27,6 +27,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from tallypurse.core.errors import TallypurseError
 from tallypurse.core.money import currency as lookup_currency
 from tallypurse.core.money import format_minor
+from tallypurse.credit import Grade
 from tallypurse.host import errors as E
 from tallypurse.host.api.auth import Role
 from tallypurse.host.errors import HostError
@@ -234,8 +235,9 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
         return active_user(host, name) if isinstance(name, str) else None
 
     def act(request: Request, user: User, action: str, target: str, reason: str,
-            do: Callable[[], str], back: str) -> Response:
-        """Run an operator action: refuse it without a reason, audit it either way."""
+            do: Callable[[], str], back: str, *, audited_by_service: bool = False) -> Response:
+        """Run an operator action: refuse it without a reason, audit it either way
+        (a service that audits its own successes, in its own transaction, says so)."""
         reason = reason.strip()
         if len(reason) < 3:
             audit.record(host, actor=user.username, role=user.role.value, action=action,
@@ -252,9 +254,10 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
                          source=_source(request))
             flash(request, "error", f"Not done: {message}")
             return _redirect(request, back)
-        audit.record(host, actor=user.username, role=user.role.value, action=action,
-                     target=target, reason=reason, outcome="done", detail=done,
-                     source=_source(request))
+        if not audited_by_service:
+            audit.record(host, actor=user.username, role=user.role.value, action=action,
+                         target=target, reason=reason, outcome="done", detail=done,
+                         source=_source(request))
         flash(request, "ok", done)
         return _redirect(request, back)
 
@@ -314,11 +317,10 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
     @app.get("/cards/{card_id}", name="card")
     def card(request: Request, user: Reader, card_id: str) -> Response:
         page = views.card_page(host, card_id.lower())
-        explanation, note = (views.credit_explanation(host, page.holder.id)
+        explanation, note = (views.credit_explanation(host, page.card.card_id)
                              if page.holder is not None else (None, ""))
         return pages.render(request, "card.html", user, c=page, chain=page.chain(),
-                            explanation=explanation, explanation_note=note,
-                            tx_type_name=views.tx_type_name)
+                            x=explanation, x_note=note, tx_type_name=views.tx_type_name)
 
     @app.post("/cards/{card_id}/status", name="card.status")
     def card_status(request: Request, user: Operator, _: Csrf, card_id: str,
@@ -346,6 +348,29 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
                     "the cardholder's online account.")
 
         return act(request, user, "card.replace", card_id, reason, do, f"/cards/{card_id}")
+
+    @app.post("/cards/{card_id}/credit-override", name="credit.override")
+    def credit_override(request: Request, user: Operator, _: Csrf, card_id: str,
+                        grade: Annotated[str, Form(max_length=5)],
+                        days: Annotated[int, Form(ge=0, le=366)] = 0,
+                        reason: Annotated[str, Form(max_length=500)] = "") -> Response:
+        """Set the cardholder's grade by hand (``clear`` ends an override). The credit
+        service writes the audit entry itself, in the same transaction."""
+        def do() -> str:
+            if grade == "clear":
+                out = host.credit.clear_override(card_id, reason=reason, actor=user.username,
+                                                 role=user.role.value, source=_source(request))
+                return f"Override cleared: grade {out.grade} ({out.basis}) applies again."
+            expires = host.now() + days * 86_400 if days else None
+            out = host.credit.override(card_id, Grade.parse(grade), reason=reason,
+                                       actor=user.username, expires=expires,
+                                       role=user.role.value, source=_source(request))
+            return (f"Grade {out.grade} set by hand"
+                    f"{f' for {days} days' if days else ''}; new credit records: "
+                    f"{len(out.published)}.")
+
+        return act(request, user, "credit_override" if grade != "clear" else "credit_clear",
+                   card_id, reason, do, f"/cards/{card_id}", audited_by_service=True)
 
     # --- terminals --------------------------------------------------------------------------------
     @app.get("/terminals", name="terminals")
@@ -434,8 +459,8 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
 
     @app.get("/files/{file_id}", name="file")
     def payment_file(request: Request, user: Reader, file_id: int) -> Response:
-        pf = host.settlement.payment_file(file_id)
-        return download(request, user, "download.payment_file", pf.message_id, pf.xml,
+        pf, xml = views.payment_file(host, file_id)
+        return download(request, user, "download.payment_file", pf.message_id, xml,
                         "application/xml", f"{pf.kind}-{pf.business_day}-{pf.message_id}.xml")
 
     # --- credit, lists, audit ---------------------------------------------------------------------

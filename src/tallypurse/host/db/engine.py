@@ -13,6 +13,8 @@ to, and anything not committed is rolled back when the block ends.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tallypurse.core.errors import BadInput
 
 SQLITE_FILE = "host.sqlite3"
+READ_ONLY = "tallypurse_read_only"  # execution option: a transaction that only reads
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -62,7 +65,8 @@ def make_engine(url: str, *, schema: str | None = None, pool_size: int = 10) -> 
 
         @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            read_only = conn.get_execution_options().get(READ_ONLY, False)
+            conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
         return engine
     connect_args: dict[str, Any] = {}
@@ -95,6 +99,15 @@ class Database:
 
     def uow(self) -> UnitOfWork:
         return UnitOfWork(self)
+
+    @contextmanager
+    def reader(self) -> Iterator[Session]:
+        """A session for reading only, rolled back at the end. On SQLite it begins
+        deferred (BEGIN), so that it waits for no writer and holds up none (WAL)."""
+        with self.engine.connect() as conn:
+            conn.execution_options(**{READ_ONLY: True})
+            with Session(bind=conn) as session:
+                yield session
 
     def ping(self) -> None:
         with self.engine.connect() as conn:

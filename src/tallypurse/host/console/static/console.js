@@ -50,8 +50,12 @@
       return {
         type: "line",
         data: { labels: spec.labels, datasets: [
-          { label: "balance after", data: spec.after, borderColor: PALETTE[0], stepped: true, pointRadius: 3 },
-          { label: "balance before", data: spec.before, borderColor: "#94a3b8", borderDash: [4, 4], pointRadius: 0, stepped: true }
+          { label: "balance after the event", data: spec.after, borderColor: PALETTE[0], backgroundColor: PALETTE[0],
+            pointRadius: 3, stepped: "after" },
+          // A chain that holds starts each event where the last one ended: every cross sits
+          // on a corner of the line; a cross off the line is a break (a clone, a lost upload).
+          { label: "balance before the event", data: spec.before, borderColor: PALETTE[3], backgroundColor: PALETTE[3],
+            showLine: false, pointStyle: "crossRot", pointRadius: 6 }
         ] },
         options: { scales: { y: moneyAxis(spec.currency) }, plugins: { tooltip: moneyTooltip(spec.currency) } }
       };

@@ -1,0 +1,105 @@
+"""Bulk statements for the hot paths (clearing and the ledger).
+
+Many rows per statement, in the caller's transaction, without the ORM and
+without compiling SQL per row: on PostgreSQL the rows travel as one array per
+column (``unnest``), so that a thousand rows are one statement and one round
+trip; on SQLite (in-process, no round trips) they go through ``executemany``.
+Rows are sequences of plain Python values in the order of ``columns``; a
+column is ``(name, PostgreSQL type)``.
+
+These functions run on the session's connection and do not flush the
+session: callers flush first when pending ORM changes matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+Column = tuple[str, str]
+SQLITE_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound variables per statement
+
+
+def is_postgres(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
+
+
+def _arrays(width: int, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], ...]:
+    """One list per column (psycopg sends each as an array)."""
+    return tuple([row[i] for row in rows] for i in range(width))
+
+
+def _unnest(columns: Sequence[Column]) -> str:
+    return "unnest(" + ", ".join(f"%s::{t}[]" for _, t in columns) + ")"
+
+
+def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]],
+           *, returning: str = "") -> list[tuple[Any, ...]]:
+    """INSERT the rows; with ``returning`` (PostgreSQL only) the returned rows, in no
+    particular order."""
+    if not rows:
+        return []
+    names = ", ".join(c for c, _ in columns)
+    conn = s.connection()
+    if is_postgres(s):
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}"
+        if returning:
+            sql += f" RETURNING {returning}"
+        result = conn.exec_driver_sql(sql, _arrays(len(columns), rows))
+        return [tuple(r) for r in result] if returning else []
+    if returning:
+        raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
+    marks = ", ".join("?" for _ in columns)
+    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})",
+                         [tuple(r) for r in rows])
+    return []
+
+
+def update(s: Session, table: str, key: Column, columns: Sequence[tuple[str, str, str]],
+           rows: Sequence[Sequence[Any]]) -> None:
+    """UPDATE ``table`` row by row: each row is (key value, value per column). A column is
+    (name, PostgreSQL type, expression) where the expression uses ``{t}`` for the table's
+    current value and ``{v}`` for the new one (``"{v}"`` sets it, ``"{t} + {v}"`` adds)."""
+    if not rows:
+        return
+    conn = s.connection()
+    if is_postgres(s):
+        names = [key[0]] + [c for c, _, _ in columns]
+        sets = ", ".join(f"{c} = " + e.format(t=f"{table}.{c}", v=f"v.{c}")
+                         for c, _, e in columns)
+        source = _unnest([key, *((c, t) for c, t, _ in columns)])
+        conn.exec_driver_sql(
+            f"UPDATE {table} SET {sets} FROM {source} AS v({', '.join(names)}) "
+            f"WHERE {table}.{key[0]} = v.{key[0]}",
+            _arrays(len(names), rows))
+        return
+    sets = ", ".join(f"{c} = " + e.format(t=c, v="?") for c, _, e in columns)
+    conn.exec_driver_sql(f"UPDATE {table} SET {sets} WHERE {key[0]} = ?",
+                         [(*r[1:], r[0]) for r in rows])
+
+
+def _chunks(rows: Sequence[Sequence[Any]], width: int) -> Iterator[Sequence[Sequence[Any]]]:
+    size = max(1, SQLITE_MAX_PARAMS // max(width, 1))
+    for i in range(0, len(rows), size):
+        yield rows[i:i + size]
+
+
+def select_with(s: Session, columns: Sequence[Column], rows: Sequence[Sequence[Any]],
+                query: str) -> list[tuple[Any, ...]]:
+    """Run ``query``, which reads a table ``v`` with ``columns`` holding ``rows`` (joined
+    against, typically): ``WITH v(columns) AS (the rows) <query>``."""
+    if not rows:
+        return []
+    names = ", ".join(c for c, _ in columns)
+    conn = s.connection()
+    if is_postgres(s):
+        sql = f"WITH v({names}) AS (SELECT * FROM {_unnest(columns)}) {query}"
+        return [tuple(r) for r in conn.exec_driver_sql(sql, _arrays(len(columns), rows))]
+    out: list[tuple[Any, ...]] = []
+    one = "(" + ", ".join("?" for _ in columns) + ")"
+    for part in _chunks(rows, len(columns)):
+        sql = f"WITH v({names}) AS (VALUES {', '.join(one for _ in part)}) {query}"
+        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(x for r in part for x in r))]
+    return out

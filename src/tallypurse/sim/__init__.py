@@ -1,0 +1,10 @@
+"""A deterministic city simulator that drives the real card, terminal and host code with
+simulated time and a simulated network, injects faults, and checks the rules of
+DESIGN.md section 8. See docs/simulator.md."""
+
+from .faults import FAULTS, Faults, Rates
+from .report import RULES, SimReport, Violation
+from .simulator import SimConfig, Simulation, simulate
+
+__all__ = ["FAULTS", "RULES", "Faults", "Rates", "SimConfig", "SimReport", "Simulation",
+           "Violation", "simulate"]
