@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host.client import SignedClient
 from host.world import Clock, World
 from tallypurse.card.card import Card
 from tallypurse.core.cert import KeyRef
@@ -66,8 +67,6 @@ class Seeded:
 def enrolled(host: Host, lab: Lab, clock: Clock, tmp: Path, http: TestClient,
              merchant_id: str, name: str) -> World:
     """A terminal of ``merchant_id`` with a real SAM, enrolled over signed HTTP."""
-    from host.client import SignedClient
-
     w = World(host, lab, clock, tmp, http)
     w.merchant_id = merchant_id
     tid, token = host.tms.create_terminal(merchant_id)

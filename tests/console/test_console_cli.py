@@ -32,16 +32,12 @@ def test_users_are_added_listed_disabled_and_audited(tmp_path: Path,
     code, out = tp(data, "user", "add", "mia", "--role", "merchant", "--merchant", "canteen",
                    "--name", "Mia", "--password-stdin", stdin="a long password\n")
     assert code == 0 and "user mia (merchant) added" in out, out
-    code, out = tp(data, "user", "add", "olga", "--role", "operator", "--password-stdin",
-                   stdin="short\n")
-    assert code == 2 and "at least 10 characters" in out
     code, out = tp(data, "user", "add", "olga", "--role", "merchant", "--password-stdin",
                    stdin="a long password\n")
     assert code == 2 and "names its merchant" in out
     assert tp(data, "user", "disable", "mia")[0] == 0
     code, out = tp(data, "user", "list")
     assert code == 0 and "mia" in out and "disabled" in out and "olga" not in out
-    assert tp(data, "user", "disable", "nobody")[0] == 2
 
     for name, value in ENV.items():  # open_host reads the passphrase from the environment
         monkeypatch.setenv(name, value)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from host.world import Clock
 
+from host.world import Clock
 from tallypurse.host.api import create_app
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database

@@ -130,16 +130,22 @@ def test_a_failed_collection_downgrades_at_once_and_the_card_refuses_the_next_sp
 
     apply_actions(world, card)
     assert on_card(card) == (2, 5, 0)
+    world.load(card, 2_000)  # repays the failed debt first: re-scored at once
+    assert [r.trigger for r in decisions(world, holder)][-1] == "event:debt_repaid_load"
+    assert grade_of(world, holder) == 5  # a failure this recent still weighs
     assert world.host.reports.audit()["balanced"] is True
 
 
-def test_a_settled_debt_rescores_without_downgrading_a_new_cardholder(world: World) -> None:
+def test_a_settled_debt_is_rescored_by_the_catch_up_without_downgrading_a_new_cardholder(
+        world: World) -> None:
     holder = world.cardholder(funds=2_000)
     card = world.card(holder)
     world.host.agent.submit(world.tid, world.agent_request(split_purchase(world, card)))
+    assert decisions(world, holder) == []  # a routine settlement: off the agent-debit path
+    assert [o.cardholder_id for o in world.host.credit.catch_up()] == [holder]
+    assert world.host.credit.catch_up() == []  # nothing newer than the last decision
     rows = decisions(world, holder)
-    assert [(r.trigger, r.grade, r.basis) for r in rows] == [
-        ("event:debt_settled_online", 2, "starting")]
+    assert [(r.trigger, r.grade, r.basis) for r in rows] == [("event:catch-up", 2, "starting")]
     assert rows[0].model_grade > 2  # the model alone would grade a day-old cardholder lower
     assert [a.kind for a in open_actions(world, card)] == ["settle_debt"]  # no new record
 
@@ -153,7 +159,7 @@ def test_a_broken_model_never_breaks_an_agent_debit(world: World) -> None:
     ack = world.host.agent.submit(world.tid, world.agent_request(split_purchase(world, card)))
     assert ack.status == "accepted"
     assert world.host.agent.debt(ack.debt_id).status == "collection"
-    assert decisions(world, holder) == []  # logged; the next batch catches up
+    assert decisions(world, holder) == []  # logged; the catch-up (or the batch) retries
     (registry / "CURRENT").unlink()
-    assert world.host.credit.run().scored == 1
+    assert [o.grade for o in world.host.credit.catch_up()] == ["E"]
     assert grade_of(world, holder) == 5

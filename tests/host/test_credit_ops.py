@@ -102,10 +102,12 @@ def test_the_command_line_runs_explains_overrides_and_shows_history(
     base = ["--db", db_url(world.host.db), "--data-dir", str(tmp_path / "ops")]
     env = {"TALLYPURSE_KEYSTORE_PASSPHRASE": "another passphrase"}
 
-    ran = runner.invoke(app, ["host", "credit", "run", "--as-of", "2030-01-01", "--json",
-                              *base], env=env)
+    ran = runner.invoke(app, ["host", "credit", "run", "--json", *base], env=env)
     assert ran.exit_code == 0, ran.output
-    assert json.loads(ran.output)["scored"] >= 1
+    assert json.loads(ran.output)["scored"] >= 1  # the command's clock is the wall clock
+    future = runner.invoke(app, ["host", "credit", "run", "--as-of", "2999-01-01", *base],
+                           env=env)
+    assert future.exit_code == 2 and "in the future" in future.output
 
     shown = runner.invoke(app, ["host", "credit", "explain", card.serial.hex(), *base], env=env)
     assert shown.exit_code == 0, shown.output

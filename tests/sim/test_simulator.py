@@ -21,12 +21,13 @@ from tallypurse.sim.workspace import workspace
 
 # The bounded simulation CI runs with every fault, on each database. 1,000 cards, 50
 # terminals and 7 days take about 20 minutes here (2 cores, shared): see docs/simulator.md.
-CI_CITY = {"cards": 200, "terminals": 10, "days": 3}
+CI_CITY = {"cards": 120, "terminals": 8, "days": 3}
 SMALL = {"cards": 30, "terminals": 4, "days": 2}
 
 
 def run(tmp_path: Path, *, db_url: str | None = None, **kw: Any) -> SimReport:
-    with workspace(db_url, workdir=tmp_path / "city") as ws:
+    """One run in a scratch city (memory-backed where the machine has /dev/shm)."""
+    with workspace(db_url) as ws:
         config = SimConfig(db_url=ws.db_url, db_schema=ws.db_schema, **kw)
         return simulate(config, ws.workdir)
 

@@ -25,18 +25,19 @@ import multiprocessing as mp
 import os
 import random
 import secrets
-import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from .benchutil import percentile
+from .keys import fail
 
 DAY = 86400
 TEN_MILLION = 10_000_000
@@ -80,8 +81,6 @@ def bench_database(db_url: str | None, tmp: Path) -> Iterator[BenchDb]:
 
     from tallypurse.host.db.engine import Database, normalise_url
     from tallypurse.host.db.migrate import upgrade
-
-    from .keys import fail
 
     if db_url is None:
         url = f"sqlite:///{tmp / 'bench.sqlite3'}"
@@ -167,13 +166,12 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
     import sqlalchemy as sa
 
     from tallypurse.core import crypto
+    from tallypurse.core.cert import KeyRef
     from tallypurse.core.hostapi import BatchUpload, EnrolRequest, JournalEntry, Totals, canonical
     from tallypurse.core.httpsig import batch_signed_bytes
-    from tallypurse.core.messages import CardEvent
+    from tallypurse.core.messages import CardEvent, SignedEvent
     from tallypurse.core.protocol import CertRole, EventKind
     from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL
-    from tallypurse.core.cert import KeyRef
-    from tallypurse.host.clearing import Clearing
     from tallypurse.host.db.models import Account, Card, CardEventRow, table
     from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
     from tallypurse.sam import Sam
@@ -261,9 +259,6 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
             s.execute(sa.insert(table(Account)), [
                 {"kind": "purse_float", "owner": r["card_id"], "currency": "EUR", "balance": 0,
                  "created": now} for r in rows[i:i + 5000]])
-        from tallypurse.host.clearing import Incoming  # noqa: F401 - the row layout below
-        from tallypurse.core.messages import SignedEvent
-
         event_rows = []
         entries = []
         for e in loads:
@@ -284,8 +279,6 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
             s.execute(sa.insert(table(CardEventRow)), event_rows[i:i + 5000])
             ledger.post_many(entries[i:i + 5000])
         uow.commit()
-    del Clearing
-
     # Each terminal's journal (hash-chained, every entry signed by its SAM), cut into
     # day-end batches; each terminal uploads through one of the processes.
     journals: list[list[JournalEntry]] = [[] for _ in range(terminals)]
@@ -477,4 +470,367 @@ def bench_clearing(
                f"alerts: {c['alerts']}")
 
 
-__all__ = ["bench_clearing", "percentile", "run_clearing_bench", "shutil"]
+# --- agent debits over HTTP -------------------------------------------------------------------
+@dataclass
+class AgentSetup:
+    requests: list[bytes]  # complete HTTP/1.1 requests, signed by the terminals' SAMs
+    direct: list[dict[str, Any]]  # what each request writes, for the direct-statements floor
+    cards: int
+    terminals: int
+    merchants: int
+
+
+def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, now: int,
+                   seed: int) -> AgentSetup:
+    """Merchants, enrolled terminals, cardholders with funded online accounts and cards,
+    and one signed HTTP request per split remainder."""
+    import sqlalchemy as sa
+
+    from tallypurse.core import crypto
+    from tallypurse.core.cert import KeyRef
+    from tallypurse.core.hostapi import ROUTES, AgentDebitRequest, EnrolRequest
+    from tallypurse.core.httpsig import sign_request
+    from tallypurse.core.messages import CardEvent
+    from tallypurse.core.protocol import CertRole, EventKind, TxType
+    from tallypurse.core.samproto import PURPOSE_REQUEST
+    from tallypurse.host.db.models import Account, Card, table
+    from tallypurse.sam import Sam
+
+    rng = random.Random(seed)
+    terminals = 16
+    merchants = 8
+    cards = max(10, requests // 5)
+    mids = [host.registry.create_merchant(f"Canteen {i}", iban="DE89370400440532013000",
+                                          bic="COBADEFFXXX", merchant_id=f"bench-c{i:03d}")
+            for i in range(merchants)]
+    sams = []
+    for i in range(terminals):
+        tid = f"{0x6167_0000_0000_0000 + i:016x}"
+        _, token = host.tms.create_terminal(mids[i % merchants], tid)
+        sam = Sam.create(tmp / f"agent-sam-{i}.json", "sam", terminal_id=bytes.fromhex(tid))
+        answer = host.tms.enrol(EnrolRequest(terminal_id=tid,
+                                             csr=sam.certificate_request().hex(), token=token))
+        sam.install_certificate(bytes.fromhex(answer.certificate),
+                                {KeyRef.decode(k.encode()): bytes.fromhex(v)
+                                 for k, v in answer.roots.items()}, at=now)
+        sams.append(sam)
+    holders = []
+    for i in range(cards):
+        holder = host.registry.create_cardholder(f"Holder {i}", cardholder_id=f"bench-h{i:06d}")
+        host.registry.fund_online_account(holder, 1_000_000, f"bench-fund-{i}")
+        holders.append(holder)
+    keys = [crypto.private_key_from_seed(rng.randbytes(40)) for _ in range(cards)]
+    serials = [(0x4000_0000_0000_0000 + seed * 10_000_000 + i).to_bytes(8, "big")
+               for i in range(cards)]
+    not_after = now + 4 * 365 * DAY
+    with host.uow() as uow:
+        rows = []
+        for serial, key, holder in zip(serials, keys, holders, strict=True):
+            pub = crypto.encode_public_key(key.public_key())
+            cert = lab.keystore.issue_certificate(holder=serial, role=CertRole.CARD,
+                                                  public_key=pub, not_before=now - DAY,
+                                                  not_after=not_after)
+            rows.append({"card_id": serial.hex(), "cardholder_id": holder, "status": "active",
+                         "currency": "EUR", "certificate": cert.encode().hex(),
+                         "public_key": pub.hex(), "issued": now - DAY, "expiry": not_after,
+                         "cap": 100_000, "app_key_version": 1, "writeback_seq": 0,
+                         "online_counter": 0, "credit_version": 1, "contiguous_seqno": 0,
+                         "max_seqno": 0, "gap_since": None, "blacklisted": False,
+                         "replaced_by": None})
+        uow.session.execute(sa.insert(table(Card)), rows)
+        uow.session.execute(sa.insert(table(Account)), [
+            {"kind": "purse_float", "owner": r["card_id"], "currency": "EUR", "balance": 0,
+             "created": now} for r in rows])
+        uow.commit()
+
+    path = ROUTES["agent_debit"]
+    url = f"http://127.0.0.1:{port}{path}"
+    atc = [0] * cards
+    out: list[bytes] = []
+    direct: list[dict[str, Any]] = []
+    for n in range(requests):
+        c, t = rng.randrange(cards), rng.randrange(terminals)
+        atc[c] += 1
+        split = rng.randrange(100, 500)
+        event = CardEvent(int(EventKind.DEBIT), serials[c], atc[c], 1, 200, split, EUR,
+                          int(TxType.CANTEEN), 5_000, 4_800, sams[t].terminal_id, n + 1,
+                          now - 60, rng.randbytes(8), rng.randbytes(8), 0)
+        record = event.to_bytes() + crypto.sign(keys[c], event.signed_data())
+        tid = sams[t].terminal_id.hex()
+        body = AgentDebitRequest(
+            idempotency_key=f"bench-{tid}-{n:08d}", terminal_id=tid, card_id=serials[c].hex(),
+            atc=atc[c], amount=split, currency="EUR", tx_type="canteen",
+            record=record.hex()).model_dump_json().encode()
+        headers = sign_request("POST", url, body, key_id=tid, created=now,
+                               signer=partial(sams[t].sign, purpose=PURPOSE_REQUEST))
+        head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n")
+        out.append(head.encode() + body)
+        direct.append({"terminal_id": tid, "merchant_id": mids[t % merchants],
+                       "card_id": serials[c].hex(), "holder": holders[c],
+                       "atc": atc[c] + 1_000_000,  # beside, not over, what HTTP wrote
+                       "amount": split, "key": f"direct-{tid}-{n:08d}", "record": record.hex(),
+                       "nonce": secrets.token_hex(16), "time": now - 60})
+    for sam in sams:
+        sam.close()
+    return AgentSetup(out, direct, cards, terminals, merchants)
+
+
+async def _send_all(port: int, requests: list[bytes], concurrency: int
+                    ) -> tuple[list[float], dict[int, int], float]:
+    """Send every request over ``concurrency`` keep-alive connections; latencies in
+    seconds, a count per status code, and the wall time."""
+    import asyncio
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    queue = list(reversed(requests))
+
+    async def connection() -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while queue:
+                raw = queue.pop()
+                t0 = time.perf_counter()
+                writer.write(raw)
+                status_line = await reader.readline()
+                length = 0
+                while (line := await reader.readline()) not in (b"\r\n", b""):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                latencies.append(time.perf_counter() - t0)
+                code = int(status_line.split()[1])
+                statuses[code] = statuses.get(code, 0) + 1
+        finally:
+            writer.close()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(connection() for _ in range(concurrency)))
+    return latencies, statuses, time.perf_counter() - t0
+
+
+def _wait_ready(port: int, proc: Any, timeout: float = 60.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"host serve exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError("host serve did not become ready")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# The statements one agent debit sends to the database (an online account that holds
+# enough, so: debt opened, merchant paid, collected online, write-back published), in
+# its three transactions: the terminal's key, the request's nonce, the debit itself.
+DIRECT_STATEMENTS: list[list[str]] = [
+    ["SELECT terminal_id, merchant_id, status, public_key, cert_not_after FROM terminals "
+     "WHERE terminal_id = %(terminal_id)s"],
+    ["INSERT INTO request_nonces (key_id, nonce, created) VALUES (%(terminal_id)s, %(nonce)s, "
+     "%(time)s)"],
+    ["SELECT id, payload_hash FROM debts WHERE terminal_id = %(terminal_id)s "
+     "AND idempotency_key = %(key)s",
+     "SELECT card_id, cardholder_id, currency, public_key, app_key_version FROM cards "
+     "WHERE card_id = %(card_id)s",
+     "SELECT merchant_id FROM terminals WHERE terminal_id = %(terminal_id)s",
+     "SELECT id FROM debts WHERE card_id = %(card_id)s AND atc = %(atc)s",
+     "INSERT INTO debts (id, card_id, atc, amount, currency, terminal_id, merchant_id, "
+     "cardholder_id, tx_type, idempotency_key, payload_hash, status, origin, event_time, "
+     "created, updated, repaid) VALUES (%(key)s, %(card_id)s, %(atc)s, %(amount)s, 'EUR', "
+     "%(terminal_id)s, %(merchant_id)s, %(holder)s, 1, %(key)s, %(key)s, 'open', 'agent', "
+     "%(time)s, %(time)s, %(time)s, 0)",
+     "SELECT id, kind, owner FROM accounts WHERE currency = 'EUR' AND ((kind = "
+     "'credit_receivable' AND owner = '') OR (kind = 'merchant_payable' AND owner = "
+     "%(merchant_id)s) OR (kind = 'online' AND owner = %(holder)s))",
+     "SELECT balance FROM accounts WHERE kind = 'online' AND owner = %(holder)s "
+     "AND currency = 'EUR' FOR UPDATE",
+     "INSERT INTO ledger_transactions (kind, reference, created, value_time, value_day, "
+     "merchant_id, card_id, memo) SELECT * FROM unnest(ARRAY['debt_open', "
+     "'debt_collect_online'], ARRAY[%(key)s, %(key)s], ARRAY[%(time)s, %(time)s]::bigint[], "
+     "ARRAY[%(time)s, %(time)s]::bigint[], ARRAY[CURRENT_DATE, CURRENT_DATE], "
+     "ARRAY[%(merchant_id)s, NULL], ARRAY[%(card_id)s, %(card_id)s], ARRAY['', '']) "
+     "RETURNING id",
+     "INSERT INTO postings (transaction_id, account_id, amount, currency) SELECT t.id, a.id, "
+     "CASE WHEN a.kind = 'online' THEN %(amount)s ELSE -%(amount)s END, 'EUR' FROM "
+     "ledger_transactions t, accounts a WHERE t.reference = %(key)s AND a.currency = 'EUR' "
+     "AND ((t.kind = 'debt_open' AND a.kind = 'merchant_payable' AND a.owner = "
+     "%(merchant_id)s) OR (t.kind = 'debt_collect_online' AND a.kind = 'online' AND "
+     "a.owner = %(holder)s))",
+     "INSERT INTO postings (transaction_id, account_id, amount, currency) SELECT t.id, a.id, "
+     "CASE WHEN t.kind = 'debt_open' THEN %(amount)s ELSE -%(amount)s END, 'EUR' FROM "
+     "ledger_transactions t, accounts a WHERE t.reference = %(key)s AND a.currency = 'EUR' "
+     "AND a.kind = 'credit_receivable' AND a.owner = ''",
+     "UPDATE accounts SET balance = balance + %(amount)s WHERE kind = 'online' "
+     "AND owner = %(holder)s AND currency = 'EUR'",
+     "UPDATE accounts SET balance = balance - %(amount)s WHERE kind = 'merchant_payable' "
+     "AND owner = %(merchant_id)s AND currency = 'EUR'",
+     "INSERT INTO credit_events (cardholder_id, card_id, kind, amount, reference, created) "
+     "VALUES (%(holder)s, %(card_id)s, 'debt_settled_online', %(amount)s, %(key)s, %(time)s)",
+     "UPDATE debts SET status = 'settled', updated = %(time)s WHERE id = %(key)s",
+     "UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = %(card_id)s "
+     "RETURNING writeback_seq",
+     "INSERT INTO writeback_actions (action_id, card_id, kind, seq, payload, sealed, status, "
+     "debt_id, created) VALUES (%(key)s, %(card_id)s, 'settle_debt', %(atc)s, %(record)s, "
+     "%(record)s, 'pending', %(key)s, %(time)s)",
+     "UPDATE list_heads SET version = version + 1 WHERE name = 'actions' RETURNING version",
+     "INSERT INTO list_entries (list_name, version, card_id, op, reason, action_id, kind, "
+     "seq, sealed, created) SELECT 'actions', version, %(card_id)s, 'add', '', %(key)s, "
+     "'settle_debt', %(atc)s, %(record)s, %(time)s FROM list_heads WHERE name = 'actions'"],
+]
+
+
+def _direct_floor(host: Any, work: list[dict[str, Any]], concurrency: int) -> float:
+    """Agent debits per second with their database statements issued directly (the
+    driver's own cursor, no HTTP, no service code), ``concurrency`` connections at once."""
+    import threading
+
+    if not host.db.postgres:
+        return float("nan")
+    queue = list(reversed(work))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        raw = host.db.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    params = queue.pop()
+                for txn in DIRECT_STATEMENTS:
+                    for sql in txn:
+                        cur.execute(sql, params)
+                        if cur.description is not None:
+                            cur.fetchall()
+                    raw.commit()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+        finally:
+            raw.close()
+
+    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return len(work) / (time.perf_counter() - t0)
+
+
+def run_agent_bench(*, requests: int, concurrency: int, workers: int, db_url: str | None,
+                    seed: int = 1) -> dict[str, Any]:
+    import asyncio
+    import subprocess
+    import sys
+
+    from tallypurse.lab import Lab
+
+    port = _free_port()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as tmp_name:
+        tmp = Path(tmp_name)
+        data = tmp / "host"
+        lab = Lab.create(data, passphrase=LAB_PASSPHRASE)  # the keystore serve opens
+        now = int(time.time())
+        with bench_database(db_url, tmp) as bdb:
+            host = _open_host(bdb, data, now, data)
+            setup = _prepare_agent(host, lab, tmp, requests=requests, port=port, now=now,
+                                   seed=seed)
+            host.db.dispose()
+            env = {**os.environ, "TALLYPURSE_KEYSTORE_PASSPHRASE": LAB_PASSPHRASE}
+            log = (tmp / "serve.log").open("w")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "tallypurse.cli.main", "host", "serve",
+                 "--db", bdb.server_url(), "--data-dir", str(data), "--port", str(port),
+                 "--workers", str(workers)], env=env, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                try:
+                    _wait_ready(port, proc)
+                except RuntimeError as exc:
+                    log.flush()
+                    tail = (tmp / "serve.log").read_text()[-2000:]
+                    raise RuntimeError(f"{exc}:\n{tail}") from None
+                warm = min(200, max(1, requests // 10))
+                asyncio.run(_send_all(port, setup.requests[:warm], concurrency))
+                latencies, statuses, wall = asyncio.run(
+                    _send_all(port, setup.requests[warm:], concurrency))
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+            host = _open_host(bdb, data, now, data)
+            raw_per_s = _direct_floor(host, setup.direct, concurrency)
+            audit = host.reports.audit()
+            host.db.dispose()
+    timed = len(latencies)
+    per_s = timed / wall
+    return {
+        "database": bdb.kind,
+        "requests": timed,
+        "warm_up": warm,
+        "concurrency": concurrency,
+        "workers": workers,
+        "cards": setup.cards,
+        "terminals": setup.terminals,
+        "merchants": setup.merchants,
+        "seconds": round(wall, 3),
+        "per_s": round(per_s, 1),
+        "p50_ms": round(percentile(latencies, 0.5) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 0.99) * 1000, 2),
+        "max_ms": round(max(latencies) * 1000, 2),
+        "raw_db_per_s": round(raw_per_s, 1),
+        "ratio_to_raw_db": round(per_s / raw_per_s, 3),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "ledger_balanced": bool(audit["balanced"]),
+    }
+
+
+def bench_agent(
+    requests: Annotated[int, typer.Option(help="Agent debits to send.", min=100)] = 5_000,
+    concurrency: Annotated[int, typer.Option(help="Connections sending at once.",
+                                             min=1, max=512)] = 32,
+    workers: Annotated[int, typer.Option(help="host serve worker processes.",
+                                         min=1, max=64)] = os.cpu_count() or 1,
+    db: DbOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Agent debits per second and p50/p99 over HTTP (RFC 9421, real SAMs) to a
+    `tallypurse host serve` on 127.0.0.1, beside the same statements issued directly."""
+    result = run_agent_bench(requests=requests, concurrency=concurrency, workers=workers,
+                             db_url=db)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"agent debits over HTTP on {result['database']}: {result['requests']} requests "
+               f"(after {result['warm_up']} to warm up), {result['concurrency']} connections, "
+               f"{result['workers']} workers, {result['cards']} cards, "
+               f"{result['terminals']} terminals")
+    typer.echo(f"  rate          {result['per_s']:>10,.0f} /s   (aim: at least 1,000)")
+    typer.echo(f"  latency       p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms  "
+               f"max {result['max_ms']} ms   (aim: p99 under 50 ms)")
+    typer.echo(f"  floor: the same statements issued directly  {result['raw_db_per_s']:,.0f} /s"
+               f"   ratio {result['ratio_to_raw_db']}")
+    typer.echo(f"  answers {result['statuses']}, ledger balanced: {result['ledger_balanced']}")

@@ -295,11 +295,14 @@ def collect(
 
 @app.command()
 def tick(db: DbOption = None, data_dir: DataDirOption = None) -> None:
-    """Periodic work: fetch bank outcomes, blacklist long-unpaid debts."""
+    """Periodic work: fetch bank outcomes, blacklist long-unpaid debts, re-score
+    cardholders whose debts were settled since their last credit decision."""
     with opened(db, data_dir) as host:
         outcomes = host.agent.process_bank()
         swept = host.agent.sweep_collections()
-    typer.echo(f"bank: {outcomes or 'nothing pending'}; blacklisted for unpaid debts: {swept}")
+        rescored = host.credit.catch_up()
+    typer.echo(f"bank: {outcomes or 'nothing pending'}; blacklisted for unpaid debts: {swept}; "
+               f"credit re-scored: {len(rescored)}")
 
 
 @app.command()

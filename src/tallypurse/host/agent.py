@@ -212,8 +212,9 @@ class AgentDebits:
         s.add(CreditEvent(cardholder_id=debt.cardholder_id, card_id=debt.card_id, kind=kind,
                           amount=debt.amount if amount is None else amount, reference=debt.id,
                           created=self.host.now()))
-        # Outcomes that matter re-score the cardholder once this transaction commits.
-        self.host.credit.note_event(s, debt.cardholder_id, kind)
+        # Outcomes that matter re-score the cardholder (tallypurse.host.credit).
+        self.host.credit.note_event(s, debt.cardholder_id, kind,
+                                    after_failure=debt.collection_since is not None)
 
     # --- from clearing ----------------------------------------------------------------------------
     def open_from_clearing(self, s: Session, card: Card, event: CardEvent, terminal_id: str,

@@ -21,12 +21,14 @@ the grade's credit record, and that record written back to the cardholder's card
   publishes it as a CREDIT_RECORD write-back; an older one still pending is
   withdrawn. Card issuance uses the same policy (:meth:`HostCredit.initial_record`).
 * **When.** The daily batch (:meth:`HostCredit.run`) scores every active
-  cardholder once per day. Debt outcomes that matter (a failed collection, a
-  settled or repaid debt, a write-off, a default) re-score the cardholder at
-  once, right after the transaction that decided them commits
-  (:meth:`HostCredit.note_event`), so a failed collection downgrades the card's
-  record before the next terminal sync. If that re-scoring fails it is logged
-  and the next batch catches up; the money path never fails because of it.
+  cardholder once per day. Debt outcomes that must reach the card now (a failed
+  collection, a debt repaid after its collection failed, a write-off, a
+  default) re-score the cardholder at once, right after the transaction that
+  decided them commits (:meth:`HostCredit.note_event`), so a failed collection
+  downgrades the card's record before the next terminal sync. Routine
+  settlements are re-scored by :meth:`HostCredit.catch_up` (``tallypurse host
+  tick``), which keeps scoring off the agent-debit path; it also retries any
+  re-scoring that failed (logged; the money path never fails because of it).
 
 Locks: scoring a cardholder locks the cardholder row, then the cardholder's
 cards (in card id order), and only then appends to the action list, the same
@@ -39,7 +41,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,7 @@ from tallypurse.host.db.models import (
     Card,
     Cardholder,
     CreditDecision,
+    CreditEvent,
     CreditOverride,
     CreditRecordRow,
     WriteBackAction,
@@ -83,9 +86,13 @@ from .common import log, log_event
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
 
-# Debt outcomes (credit event kinds, see agent.py) that re-score the cardholder at once.
+# Debt outcomes (credit event kinds, see agent.py) that re-score the cardholder: those
+# that may have to change a card's record now (a failure, a default, a repayment after a
+# failure) at once; routine settlements at the next catch-up (``tick``) or daily batch.
 RESCORE_ON = frozenset({"debt_collection", "debt_settled_online", "debt_settled_bank",
                         "debt_repaid_load", "debt_written_off", "defaulted"})
+AT_ONCE = frozenset({"debt_collection", "debt_repaid_load", "debt_written_off", "defaulted"})
+CATCH_UP_S = 3 * DAY  # catch_up() looks this far back; the daily batch covers the rest
 PENDING = "tallypurse.credit.pending"
 LISTENING = "tallypurse.credit.listening"
 GRADE_LETTERS = "-ABCDE"  # 0: no grade (no credit)
@@ -94,10 +101,6 @@ BATCH_CHUNK = 100
 
 def letter(grade: int) -> str:
     return GRADE_LETTERS[grade] if 0 <= grade <= 5 else "?"
-
-
-def parse_grade(text: str) -> Grade:
-    return Grade.parse(text)
 
 
 def _rank(grade: int) -> int:
@@ -193,9 +196,7 @@ class HostCredit:
         self.settings = settings or CreditSettings()
         self._scorecard: tuple[str, Scorecard] | None = None
         self._policies: dict[tuple[Path, int], CreditPolicy] = {}
-
-    def configure(self, **changes: Any) -> None:
-        self.settings = replace(self.settings, **changes)
+        self._default_policy: CreditPolicy | None = None
 
     # --- model and policy ----------------------------------------------------------------------
     @property
@@ -228,9 +229,10 @@ class HostCredit:
             if self._policies[key].currency.code == currency_code:
                 return self._policies[key]
         if not existing:
-            fallback = default_policy()
-            if fallback.currency.code == currency_code:
-                return fallback
+            if self._default_policy is None:
+                self._default_policy = default_policy()
+            if self._default_policy.currency.code == currency_code:
+                return self._default_policy
         return None
 
     def terms(self, grade: int, currency_code: str) -> CreditTerms:
@@ -319,10 +321,15 @@ class HostCredit:
                                    created=self.host.now()))
 
     # --- event-driven re-scoring -----------------------------------------------------------------
-    def note_event(self, session: Session, cardholder_id: str | None, kind: str) -> None:
-        """A debt outcome was decided in ``session``: re-score its cardholder once that
-        transaction commits (once per cardholder and transaction; nothing on rollback)."""
+    def note_event(self, session: Session, cardholder_id: str | None, kind: str, *,
+                   after_failure: bool = False) -> None:
+        """A debt outcome was decided in ``session``. A failure, a default, or a repayment
+        of a debt whose collection had failed re-scores its cardholder as soon as that
+        transaction commits (once per cardholder and transaction; nothing on rollback).
+        A routine settlement waits for :meth:`catch_up`, off the agent-debit path."""
         if cardholder_id is None or kind not in RESCORE_ON:
+            return
+        if kind not in AT_ONCE and not after_failure:
             return
         if not session.info.get(LISTENING):
             session.info[LISTENING] = True
@@ -338,9 +345,34 @@ class HostCredit:
         for holder_id, kind in sorted(pending.items()):
             try:
                 self.rescore(holder_id, trigger=f"event:{kind}")
-            except Exception:  # the outcome is committed; the next batch catches up
+            except Exception:  # the outcome is committed; catch_up() retries
                 log.exception(json.dumps({"event": "credit_rescore_failed",
                                           "cardholder": holder_id, "kind": kind}))
+
+    def catch_up(self) -> list[Outcome]:
+        """Re-score every cardholder with a debt outcome newer than their last decision
+        (routine settlements, and any re-scoring that failed); run by ``tick``."""
+        now = self.host.now()
+        since = now - CATCH_UP_S
+        last = (select(func.max(CreditDecision.as_of))
+                .where(CreditDecision.cardholder_id == CreditEvent.cardholder_id)
+                .scalar_subquery())
+        with self.host.uow() as uow:
+            ids = list(uow.session.scalars(
+                select(CreditEvent.cardholder_id)
+                .where(CreditEvent.created >= since, CreditEvent.cardholder_id.is_not(None),
+                       CreditEvent.kind.in_(sorted(RESCORE_ON)))
+                .group_by(CreditEvent.cardholder_id)
+                .having(func.max(CreditEvent.created) > func.coalesce(last, -1))
+                .order_by(CreditEvent.cardholder_id)))
+        out = []
+        for holder_id in ids:
+            try:
+                out.append(self.rescore(holder_id or "", trigger="event:catch-up"))
+            except Exception:  # one cardholder's failure does not stop the others
+                log.exception(json.dumps({"event": "credit_rescore_failed",
+                                          "cardholder": holder_id, "kind": "catch-up"}))
+        return out
 
     # --- scoring -------------------------------------------------------------------------------
     def rescore(self, ref: str, *, trigger: str = "manual") -> Outcome:
@@ -360,8 +392,11 @@ class HostCredit:
         decision changes the grade in force only if no newer decision exists, so
         replaying a past day fills in history without undoing today's grades."""
         now = self.host.now()
+        today = dt.datetime.fromtimestamp(now, dt.UTC).date()
         if day is None:
-            day = dt.datetime.fromtimestamp(now, dt.UTC).date()
+            day = today
+        if day > today:
+            raise BadInput(f"{day} is in the future: a day's batch runs on or after that day")
         as_of = min(now, end_of_day(day))
         report = RunReport(day, as_of, self.scorecard().version)
         with self.host.uow() as uow:

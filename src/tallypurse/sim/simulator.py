@@ -176,7 +176,7 @@ class Simulation:
     def violation(self, rule: str, detail: str) -> None:
         v = Violation(rule, self.step, self.clock.t, detail)
         self.report.violations.append(v)
-        log.warning("violation [%s] at step %d: %s", rule, self.step, detail)
+        log.info("violation [%s] at step %d: %s", rule, self.step, detail)
 
     def _internal_error(self, detail: str) -> None:
         self.violation("no_internal_errors", detail)
@@ -207,6 +207,9 @@ class Simulation:
             Checks(self).final()
         except Stop:
             self.report.stopped_at = self.step
+        except Exception as exc:  # a failure nothing caught: a finding, with its step
+            log.exception("the simulation stopped at step %d", self.step)
+            self._internal_error(f"the run stopped: {exc.__class__.__name__}: {exc}")
         finally:
             for k, v in self.network.stats.items():
                 self.counts[k if k.startswith("fault.") else f"net.{k}"] += v

@@ -480,6 +480,10 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
     def credit_run(body: S.CreditRun, _: Operator) -> dict[str, Any]:
         return host.credit.run(body.day).to_json()
 
+    @app.post("/v1/ops/credit/catch-up", tags=["credit"], responses=problems)
+    def credit_catch_up(_: Operator) -> list[dict[str, Any]]:
+        return [o.to_json() for o in host.credit.catch_up()]
+
     @app.post("/v1/ops/credit/{ref}/rescore", tags=["credit"], responses=problems)
     def credit_rescore(ref: str, _: Operator) -> dict[str, Any]:
         return host.credit.rescore(ref, trigger="manual").to_json()

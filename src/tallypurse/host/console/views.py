@@ -223,10 +223,10 @@ def search_cards(host: Host, query: str = "", limit: int = 50) -> list[CardRow]:
                                                    Cardholder.id == Card.cardholder_id)
             .order_by(Card.issued.desc(), Card.card_id).limit(limit))
     if q:
-        like = f"%{q.lower()}%"
-        stmt = stmt.where(or_(Card.card_id.startswith(q.lower()),
-                              func.lower(Cardholder.id).like(like),
-                              func.lower(Cardholder.name).like(like)))
+        q = q.lower()
+        stmt = stmt.where(or_(Card.card_id.startswith(q, autoescape=True),
+                              func.lower(Cardholder.id).contains(q, autoescape=True),
+                              func.lower(Cardholder.name).contains(q, autoescape=True)))
     with host.uow() as uow:
         return [CardRow(c.card_id, c.status, c.blacklisted, c.cardholder_id, name or "",
                         c.issued, c.currency) for c, name in uow.session.execute(stmt)]

@@ -11,13 +11,13 @@ only makes it smoother (``hx-boost``, live card search, refreshing numbers).
 from __future__ import annotations
 
 import datetime as dt
-import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
 
 from fastapi import FastAPI, Form, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
@@ -55,7 +55,6 @@ from .security import (
 from .users import User, active_user, authenticate
 
 HERE = Path(__file__).parent
-log = logging.getLogger("tallypurse.host.console")
 
 CARD_STATUSES = {"blocked": "card.block", "lost": "card.block", "stolen": "card.block",
                  "active": "card.unblock"}
@@ -199,36 +198,40 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
             return Response(status_code=204, headers={"HX-Redirect": target})
         return RedirectResponse(target, status_code=303)
 
+    # Handlers run on the event loop: their database work goes to the thread pool.
     @app.exception_handler(Refused)
     async def _refused(request: Request, exc: Refused) -> Response:
-        if request.method == "POST":
-            route = request.scope.get("route")
-            audit.record(host, actor=exc.user.username if exc.user else "(no session)",
-                         role=exc.user.role.value if exc.user else "",
-                         action=getattr(route, "name", None) or request.url.path,
-                         target=str(request.path_params.get("card_id")
-                                    or request.path_params.get("terminal_id") or ""),
-                         outcome="refused", detail=exc.why, source=_source(request))
-        return pages.render(request, "error.html", exc.user, status=403,
-                            title="Not allowed", message=exc.why)
+        def work() -> Response:
+            if request.method == "POST":
+                route = request.scope.get("route")
+                audit.record(host, actor=exc.user.username if exc.user else "(no session)",
+                             role=exc.user.role.value if exc.user else "",
+                             action=getattr(route, "name", None) or request.url.path,
+                             target=str(request.path_params.get("card_id")
+                                        or request.path_params.get("terminal_id") or ""),
+                             outcome="refused", detail=exc.why, source=_source(request))
+            return pages.render(request, "error.html", exc.user, status=403,
+                                title="Not allowed", message=exc.why)
+
+        return await run_in_threadpool(work)
 
     @app.exception_handler(TallypurseError)
     async def _error(request: Request, exc: TallypurseError) -> Response:
-        user = _user_or_none(request)
         status, title = 400, "Bad request"
         if isinstance(exc, HostError):
             status, title = exc.what.status, exc.what.title
             if exc.what == E.UNKNOWN_CARD:
                 status = 404
-        return pages.render(request, "error.html", user, status=status, title=title,
-                            message=exc.message)
+        return await run_in_threadpool(lambda: pages.render(
+            request, "error.html", _user_or_none(request), status=status, title=title,
+            message=exc.message))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
-        user = _user_or_none(request)
         fields = ", ".join(".".join(str(p) for p in e.get("loc", ())[1:]) for e in exc.errors())
-        return pages.render(request, "error.html", user, status=422,
-                            title="Invalid request", message=f"check: {fields}")
+        return await run_in_threadpool(lambda: pages.render(
+            request, "error.html", _user_or_none(request), status=422,
+            title="Invalid request", message=f"check: {fields}"))
 
     def _user_or_none(request: Request) -> User | None:
         name = request.session.get("user") if "session" in request.scope else None

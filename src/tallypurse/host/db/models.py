@@ -502,7 +502,7 @@ class SettingRow(Base):
     value: Mapped[str] = mapped_column(Text)
 
 
-# --- operator console ------------------------------------------------------------------------------
+# --- operator console -----------------------------------------------------------------------------
 class ConsoleUser(Base):
     """A person who logs in to the operator console (``host/console``). The password is
     kept only as an Argon2id hash; a merchant user names its merchant."""

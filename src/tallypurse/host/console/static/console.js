@@ -51,7 +51,7 @@
         type: "line",
         data: { labels: spec.labels, datasets: [
           { label: "balance after the event", data: spec.after, borderColor: PALETTE[0], backgroundColor: PALETTE[0],
-            pointRadius: 3, stepped: "after" },
+            pointRadius: 3, stepped: "before" },
           // A chain that holds starts each event where the last one ended: every cross sits
           // on a corner of the line; a cross off the line is a break (a clone, a lost upload).
           { label: "balance before the event", data: spec.before, borderColor: PALETTE[3], backgroundColor: PALETTE[3],
