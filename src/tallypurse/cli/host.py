@@ -101,7 +101,10 @@ def serve(
     if config.public_url:
         os.environ[ENV_PUBLIC_URL] = config.public_url
     uvicorn.run("tallypurse.host.bootstrap:app_from_env", factory=True, host=host, port=port,
-                workers=workers, log_level="info", proxy_headers=False)
+                workers=workers, log_level="info", proxy_headers=False,
+                # A worker imports the whole CLI before it answers the supervisor's health
+                # check: on a loaded 2-core machine that takes longer than uvicorn's 5 s.
+                timeout_worker_healthcheck=60)
 
 
 @app.command()

@@ -98,8 +98,10 @@ def _floor(samples: int) -> dict[str, float]:
     pub = crypto.encode_public_key(key.public_key())
     msg = os.urandom(133)
     signature = crypto.sign(key, msg)
+    from tallypurse.sim.workspace import scratch_root
+
     floors = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=scratch_root()) as tmp:  # where the city's files are
         conn = sqlite3.connect(Path(tmp) / "floor.db", isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")

@@ -30,7 +30,7 @@ class Workspace:
     db_schema: str | None
 
 
-def _scratch_root() -> str | None:
+def scratch_root() -> str | None:
     """Memory-backed scratch space when there is some (the simulator's files are
     throw-away; durability is simulated by cutting the power, not by the disk)."""
     shm = Path("/dev/shm")
@@ -46,7 +46,7 @@ def workspace(db_url: str | None = None, *, workdir: Path | None = None,
     ``keep`` or a ``workdir`` was given)."""
     made = workdir is None
     if workdir is None:
-        workdir = Path(tempfile.mkdtemp(prefix="tallypurse-sim-", dir=_scratch_root()))
+        workdir = Path(tempfile.mkdtemp(prefix="tallypurse-sim-", dir=scratch_root()))
     else:
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
