@@ -35,9 +35,9 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from tallypurse.core.errors import TallypurseError
 from tallypurse.host.db import bulk
@@ -66,6 +66,7 @@ POSTING_COLUMNS: list[bulk.Column] = [
     ("transaction_id", "bigint"), ("account_id", "bigint"), ("amount", "bigint"),
     ("currency", "text")]
 BULK_BALANCES = 8  # more account balances than this move in one statement
+PENDING_BALANCES = "tallypurse_ledger_balances"  # Session.info: account id -> delta to apply
 
 
 class LedgerError(TallypurseError):
@@ -171,15 +172,19 @@ class Ledger:
             return found
 
     def balance(self, acct: Acct, *, lock: bool = False) -> int:
-        """The account's balance (debit-positive); 0 for an account never used."""
-        stmt = select(Account.balance).where(
+        """The account's balance (debit-positive); 0 for an account never used. It
+        includes what this transaction posted (see :func:`apply_pending_balances`)."""
+        stmt = select(Account.id, Account.balance).where(
             Account.kind == acct.kind.value, Account.owner == acct.owner,
             Account.currency == acct.currency,
         )
         if lock and self.session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        value = self.session.scalar(stmt)
-        return int(value or 0)
+        row = self.session.execute(stmt).first()
+        if row is None:
+            return 0
+        pending: dict[int, int] = self.session.info.get(PENDING_BALANCES, {})
+        return int(row.balance) + pending.get(int(row.id), 0)
 
     # --- posting ------------------------------------------------------------------------------
     def post(self, entry: Entry) -> int:
@@ -226,13 +231,16 @@ class Ledger:
                 postings.append((txn_id, aid, amount, acct.currency))
                 deltas[aid] += amount
         bulk.insert(s, "postings", POSTING_COLUMNS, postings)
-        self._add_to_balances(sorted((aid, d) for aid, d in deltas.items() if d))
+        pending: dict[int, int] = s.info.setdefault(PENDING_BALANCES, {})
+        for aid, d in deltas.items():
+            pending[aid] = pending.get(aid, 0) + d
         return txn_ids
 
     def _add_to_balances(self, changes: list[tuple[int, int]]) -> None:
         """Move account balances, locking the rows in id order (no deadlock between two
         writers that share accounts)."""
         s = self.session
+        changes = [(aid, d) for aid, d in changes if d]
         if not changes:
             return
         if len(changes) > BULK_BALANCES and bulk.is_postgres(s):
@@ -252,6 +260,34 @@ class Ledger:
             select(func.count()).select_from(LedgerTransaction).where(
                 LedgerTransaction.kind == kind, LedgerTransaction.reference == reference)
         ) != 0
+
+
+# --- balances, moved when the transaction commits ------------------------------------------------
+def apply_pending_balances(session: Session) -> None:
+    """Move the account balances that this transaction's postings changed.
+
+    Postings are written at once, but the ``balance`` beside them moves just before
+    the transaction commits, in account order: the rows that many writers share
+    (a merchant's payable, the credit receivable) are locked for the commit only,
+    and a transaction whose postings cancel out on an account (a debt opened and
+    collected at once) does not touch it. Runs by itself before every commit; call it
+    to read balances with plain SQL inside the transaction (the audit does).
+    """
+    pending: dict[int, int] | None = session.info.pop(PENDING_BALANCES, None)
+    if pending:
+        Ledger(session, 0)._add_to_balances(sorted(pending.items()))
+
+
+@event.listens_for(Session, "before_commit")
+def _before_commit(session: Session) -> None:
+    if not session.in_nested_transaction():
+        apply_pending_balances(session)
+
+
+@event.listens_for(Session, "after_transaction_create")
+def _fresh_transaction(session: Session, transaction: SessionTransaction) -> None:
+    if transaction.parent is None:  # nothing of a rolled-back transaction carries over
+        session.info.pop(PENDING_BALANCES, None)
 
 
 # --- audit ------------------------------------------------------------------------------------
@@ -283,6 +319,7 @@ class AuditReport:
 def audit(session: Session, *, limit: int = 100) -> AuditReport:
     """Prove that the ledger sums to zero, that every transaction balances and that
     every account's balance equals the sum of its postings."""
+    apply_pending_balances(session)
     totals = {
         cur: int(total)
         for cur, total in session.execute(
