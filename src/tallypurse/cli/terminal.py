@@ -63,7 +63,7 @@ from tallypurse.terminal import receipts
 from tallypurse.terminal.engine import CONFIG_FILE, TapResult, Terminal, TerminalConfig
 from tallypurse.terminal.errors import Declined, TapInterrupted
 from tallypurse.terminal.http_client import HttpHostClient
-from tallypurse.terminal.reader import InProcessReader
+from tallypurse.terminal.reader import InProcessReader, PcscReader, Reader
 
 from .benchutil import ms, percentile
 
@@ -230,8 +230,14 @@ DataDir = Annotated[Path, typer.Option("--data-dir", envvar=DIR_ENV, file_okay=F
                                        help="The terminal's data directory.")]
 HostOpt = Annotated[str | None, typer.Option("--host",
                                               help="Host URL (overrides the enrolled one).")]
-CardOpt = Annotated[Path, typer.Option("--card", exists=True, dir_okay=False,
-                                       help="Card file (tallypurse card new).")]
+CardOpt = Annotated[Path | None, typer.Option(
+    "--card", exists=True, dir_okay=False,
+    help="Card file (tallypurse card new); or use --pcsc for a card in a PC/SC reader.")]
+PcscOpt = Annotated[bool, typer.Option(
+    "--pcsc", help="Take the card from a PC/SC reader (a contactless reader, or the virtual "
+    "reader `tallypurse card serve` feeds) instead of a card file.")]
+ReaderOpt = Annotated[str | None, typer.Option(
+    "--reader", help="PC/SC reader name (default: the first reader with a card).")]
 AmountOpt = Annotated[str, typer.Option("--amount", help="Amount, e.g. 12.50.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
@@ -275,19 +281,31 @@ def _print_result(result: TapResult, escpos: Path | None) -> None:
         typer.echo(f"ESC/POS receipt written to {escpos}")
 
 
-def _tap(data_dir: Path, host: str | None, card_file: Path,
-         action: Callable[[Terminal, InProcessReader], TapResult],
-         escpos: Path | None = None) -> None:
+def _reader(card_file: Path | None, pcsc: bool, reader_name: str | None) -> Reader:
+    """The card to tap: a card file (the emulator in process) or a PC/SC reader."""
+    if pcsc or reader_name:
+        if card_file is not None:
+            fail("give either --card FILE or --pcsc, not both")
+        return PcscReader(reader_name)
+    if card_file is None:
+        fail("give --card FILE (a card file) or --pcsc (a card in a PC/SC reader)")
     from tallypurse.card.card import Card
 
+    try:
+        return InProcessReader(Card.open(card_file), name=str(card_file))
+    except TallypurseError as exc:
+        fail(exc.message)
+
+
+def _tap(data_dir: Path, host: str | None, card_file: Path | None,
+         action: Callable[[Terminal, Reader], TapResult],
+         escpos: Path | None = None, *, pcsc: bool = False,
+         reader_name: str | None = None) -> None:
+    reader = _reader(card_file, pcsc, reader_name)
     t = _open(data_dir, host)
     try:
         try:
-            card = Card.open(card_file)
-        except TallypurseError as exc:
-            fail(exc.message)
-        try:
-            result = action(t, InProcessReader(card, name=str(card_file)))
+            result = action(t, reader)
         except Declined as exc:
             fail(exc.message, EXIT_DECLINED)
         except TapInterrupted as exc:
@@ -356,45 +374,52 @@ def sync(data_dir: DataDir = Path("terminal"), host: HostOpt = None) -> None:
 @app.command("purchase")
 def purchase(
     amount: AmountOpt,
-    card: CardOpt,
+    card: CardOpt = None,
     data_dir: DataDir = Path("terminal"),
     tx_type: Annotated[str, typer.Option("--type", help="Transaction type.")] = "general",
     online: Annotated[bool, typer.Option("--online", help="Pay from the online account.")] = False,
     host: HostOpt = None,
+    pcsc: PcscOpt = False,
+    reader: ReaderOpt = None,
     escpos: Annotated[Path | None, typer.Option(
         help="Also write the receipt as ESC/POS to this file or printer device.")] = None,
 ) -> None:
     """Take a payment from the card: offline, split when the purse is short, or online."""
 
-    def act(t: Terminal, reader: InProcessReader) -> TapResult:
+    def act(t: Terminal, reader: Reader) -> TapResult:
         return t.purchase(reader, _amount(amount, t), tx_type=tx_type,
                           online=True if online else None)
 
-    _tap(data_dir, host, card, act, escpos)
+    _tap(data_dir, host, card, act, escpos, pcsc=pcsc, reader_name=reader)
 
 
 @app.command("load")
 def load(
     amount: AmountOpt,
-    card: CardOpt,
+    card: CardOpt = None,
     data_dir: DataDir = Path("terminal"),
     funding: Annotated[str, typer.Option(help="cash or online_account.")] = "cash",
     host: HostOpt = None,
+    pcsc: PcscOpt = False,
+    reader: ReaderOpt = None,
 ) -> None:
     """Top up the card (online: the host signs the load)."""
-    _tap(data_dir, host, card, lambda t, r: t.load(r, _amount(amount, t), funding=funding))
+    _tap(data_dir, host, card, lambda t, r: t.load(r, _amount(amount, t), funding=funding),
+         pcsc=pcsc, reader_name=reader)
 
 
 @app.command("cancel")
-def cancel(card: CardOpt, data_dir: DataDir = Path("terminal"), host: HostOpt = None) -> None:
+def cancel(card: CardOpt = None, data_dir: DataDir = Path("terminal"), host: HostOpt = None,
+           pcsc: PcscOpt = False, reader: ReaderOpt = None) -> None:
     """Cancel this terminal's last purchase on the card, within the cancel window."""
-    _tap(data_dir, host, card, lambda t, r: t.cancel_last(r))
+    _tap(data_dir, host, card, lambda t, r: t.cancel_last(r), pcsc=pcsc, reader_name=reader)
 
 
 @app.command("resolve")
-def resolve(card: CardOpt, data_dir: DataDir = Path("terminal"), host: HostOpt = None) -> None:
+def resolve(card: CardOpt = None, data_dir: DataDir = Path("terminal"), host: HostOpt = None,
+            pcsc: PcscOpt = False, reader: ReaderOpt = None) -> None:
     """Tap a card only to apply its write-backs and resolve its interrupted payments."""
-    _tap(data_dir, host, card, lambda t, r: t.resolve(r))
+    _tap(data_dir, host, card, lambda t, r: t.resolve(r), pcsc=pcsc, reader_name=reader)
 
 
 @app.command("close-day")

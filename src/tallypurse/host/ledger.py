@@ -7,7 +7,8 @@ only places postings are written and they refuse anything unbalanced; the
 database refuses any change to a posting once written (triggers, see the
 migrations). Each transaction has a ``(kind, reference)`` that is unique, so
 that a business event cannot be booked twice. An account's ``balance`` is
-kept beside its postings and :func:`audit` proves that the two agree.
+kept beside its postings (moved when the transaction commits, see
+:func:`apply_pending_balances`) and :func:`audit` proves that the two agree.
 
 Accounts (kind, owner):
 

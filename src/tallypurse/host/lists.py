@@ -40,6 +40,7 @@ class Lists:
         """Add changes to a list; returns the new head version."""
         if not entries:
             return self.head(session, name)
+        session.flush()  # the head stays locked until commit: write the rest first
         head = session.execute(
             text("UPDATE list_heads SET version = version + :n WHERE name = :name "
                  "RETURNING version"),
