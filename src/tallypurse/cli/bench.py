@@ -154,3 +154,7 @@ from .terminal import bench_tap  # noqa: E402
 
 app.command("tap")(bench_tap)
 app.command("pcsc")(bench_pcsc)
+from .bench_host import bench_agent, bench_clearing  # noqa: E402
+
+app.command("clearing")(bench_clearing)
+app.command("agent")(bench_agent)

@@ -154,6 +154,9 @@ def bench_simulate(
         "floor_tap_ms": floor["floor_tap_ms"], "floor_taps_per_s": round(ceiling, 1),
         "ratio_floor_to_rate": round(ceiling / rate, 1) if rate else None,
         "ok": report.ok, "violations": len(report.violations),
+        "splits": j["splits"], "clones_injected": j["clones_injected"],
+        "clones_detected": j["clones_detected"], "invariants": j["invariants"],
+        "flows": j["flows"], "faults_injected": j["faults_injected"],
     }
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -1,0 +1,121 @@
+"""Clearing in bulk: large batches keep every guarantee of one event at a time. Events
+of one card arrive across batches and out of order; two batches that share cards are
+taken at once; a forged record among many is refused; balances move at commit."""
+
+from __future__ import annotations
+
+import threading
+
+import sqlalchemy as sa
+
+from tallypurse.card.card import Card
+from tallypurse.core.hostapi import JournalEntry
+from tallypurse.core.messages import SignedEvent
+from tallypurse.host.clearing import PARALLEL_FROM
+from tallypurse.host.db.models import CardEventRow
+from tallypurse.host.errors import RECORD_INVALID
+from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
+
+from .world import World
+
+
+def stored(world: World) -> int:
+    with world.host.uow() as uow:
+        return uow.session.scalar(sa.select(sa.func.count()).select_from(CardEventRow)) or 0
+
+
+def test_a_cards_events_across_batches_and_out_of_order_close_their_gap(world: World) -> None:
+    cards = [world.card() for _ in range(3)]
+    for card in cards:
+        world.load(card, 5_000)
+    taps = [[world.purchase(card, 10 + i) for i in range(6)] for card in cards]
+    # Every card's even events first, then the odd ones: each batch leaves gaps that the
+    # next one fills, joining events taken earlier.
+    world.upload(*[t for row in taps for t in row[1::2]])
+    assert {g["card_id"] for g in world.host.reports.gaps(older_than_s=0)} == {
+        c.serial.hex() for c in cards}
+    world.upload(*[t for row in taps for t in row[0::2]])
+    assert world.host.reports.gaps(older_than_s=0) == []
+    for card in cards:
+        info = world.host.registry.card_info(card.serial.hex())
+        assert info.contiguous_seqno == info.max_seqno == 7 and info.status == "active"
+        assert info.purse_host_view == 5_000 - sum(10 + i for i in range(6))
+    assert world.host.reports.audit()["balanced"] is True
+
+
+def test_a_forged_record_in_a_large_batch_is_refused_alone(world: World) -> None:
+    card = world.card()
+    world.load(card, 50_000)
+    taps = [world.purchase(card, 1) for _ in range(PARALLEL_FROM + 6)]  # verified on threads
+    raw = bytearray(taps[7].to_bytes())
+    raw[-1] ^= 1
+    taps[7] = SignedEvent.parse(bytes(raw))
+    ack = world.upload(*taps)
+    assert [(r.seq, r.code) for r in ack.rejected] == [(8, RECORD_INVALID.code)]
+    assert len(ack.accepted) == len(taps) - 1
+    # the next event does not follow an event the host has: the chain has a gap, not a clone
+    info = world.host.registry.card_info(card.serial.hex())
+    assert info.status == "active" and info.contiguous_seqno == 8
+    assert world.host.settlement.merchant_balance(world.merchant_id) == len(taps) - 1
+
+
+def test_batches_that_share_cards_are_taken_at_once_each_event_once(world: World) -> None:
+    cards: list[Card] = [world.card() for _ in range(4)]
+    for card in cards:
+        world.load(card, 10_000)
+    entries = [world.entry(world.purchase(card, 100 + n)) for n in range(5) for card in cards]
+    halves = [entries[0::2], entries[1::2]]  # both batches hold events of every card
+    batches = [world.batch(h) for h in halves] * 2  # and each is sent twice at once
+    acks: list[object] = []
+    errors: list[BaseException] = []
+
+    def upload(batch: object) -> None:
+        try:
+            acks.append(world.host.clearing.upload(world.tid, batch))  # type: ignore[arg-type]
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=upload, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(acks) == 4
+    assert stored(world) == len(cards) + len(entries)  # the loads and every debit, once
+    total = sum(e.amount for e in entries)
+    assert world.host.settlement.merchant_balance(world.merchant_id) == total
+    for card in cards:
+        info = world.host.registry.card_info(card.serial.hex())
+        assert info.contiguous_seqno == info.max_seqno == 6 and info.status == "active"
+    assert world.host.reports.audit()["balanced"] is True
+
+
+def test_an_identical_record_under_two_journal_numbers_in_one_batch_is_taken_once(
+        world: World) -> None:
+    card = world.card()
+    world.load(card, 2_000)
+    debit = world.purchase(card, 300)
+    first: JournalEntry = world.entry(debit)
+    again: JournalEntry = world.entry(debit)
+    ack = world.host.clearing.upload(world.tid, world.batch([first, again]))
+    assert ack.accepted == [1, 2]
+    assert world.host.settlement.merchant_balance(world.merchant_id) == 300
+    assert world.host.registry.card_info(card.serial.hex()).purse_host_view == 1_700
+
+
+def test_balances_move_at_commit_and_are_read_inside_the_transaction(world: World) -> None:
+    holder = world.cardholder(funds=1_000)
+    online = Acct(Kind.ONLINE, holder, "EUR")
+    bank = Acct.system(Kind.BANK_CLEARING, "EUR")
+    with world.host.uow() as uow:
+        ledger = Ledger(uow.session, world.clock())
+        ledger.post(Entry("fund_online", "more", [(bank, 250), (online, -250)], value_time=1))
+        assert ledger.balance(online) == -1_250  # this transaction's posting counts
+        # rolled back: neither the posting nor the balance change stays
+    assert world.host.registry.online_balance(holder) == 1_000
+    with world.host.uow() as uow:
+        Ledger(uow.session, world.clock()).post(
+            Entry("fund_online", "more", [(bank, 250), (online, -250)], value_time=1))
+        uow.commit()
+    assert world.host.registry.online_balance(holder) == 1_250
+    assert world.host.reports.audit()["balanced"] is True
