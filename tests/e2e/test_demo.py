@@ -53,3 +53,21 @@ def test_the_demo_exits_non_zero_and_names_the_rule_that_failed(
     assert data["invariants"]["no_double_charge"] is False
     assert data["details"]["no_double_charge"] == "planted failure"
     assert "no_double_charge" in result.stderr
+
+
+def test_the_demo_can_leave_its_host_running_with_the_console(tmp_path: Path) -> None:
+    import httpx
+
+    seen: dict[str, object] = {}
+
+    def serve(eh: object, logins: dict[str, str]) -> None:
+        url = eh.url  # type: ignore[attr-defined]
+        seen["health"] = httpx.get(f"{url}/health", timeout=10).status_code
+        login = httpx.get(f"{url}/console/login", timeout=10)
+        seen["login"] = login.status_code
+        seen["users"] = sorted(logins)
+
+    story = demo_module.Story(lambda name, text, facts: None)
+    result = demo_module.run(tmp_path, story, serve=serve)
+    assert all(result["invariants"].values())
+    assert seen == {"health": 200, "login": 200, "users": ["auditor", "canteen", "operator"]}

@@ -13,6 +13,9 @@ import typer
 def demo(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary.")] = False,
     receipts: Annotated[bool, typer.Option(help="Print every receipt.")] = False,
+    serve: Annotated[bool, typer.Option(
+        "--serve", help="Afterwards, leave the demo's host running with the operator console "
+        "(Ctrl-C stops it).")] = False,
 ) -> None:
     """Run a small city's day on an embedded host and check every rule of the system."""
     import logging
@@ -27,9 +30,23 @@ def demo(
         if not as_json:
             typer.echo(f"[{name:>10}] {text}")
 
+    def keep_serving(eh: Any, logins: dict[str, str]) -> None:
+        import time
+
+        typer.echo(f"\nThe demo's host is running: console at {eh.url}/console/ "
+                   f"(API at {eh.url}, OpenAPI at {eh.url}/openapi.json)")
+        for user, password in logins.items():
+            typer.echo(f"  log in as {user:<9} password {password}")
+        typer.echo("Ctrl-C stops it.")
+        try:
+            while True:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            typer.echo("stopped")
+
     story = Story(say)
     with tempfile.TemporaryDirectory(prefix="tallypurse-demo-") as tmp:
-        result = run(Path(tmp), story)
+        result = run(Path(tmp), story, serve=keep_serving if serve else None)
     ok = all(result["invariants"].values())
     if as_json:
         typer.echo(json.dumps({"steps": story.steps, "invariants": result["invariants"],

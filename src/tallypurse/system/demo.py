@@ -62,12 +62,29 @@ def slots(card: Card) -> list[str]:
             for s in purse_of(card).debts() if s.state != DebtState.FREE]
 
 
-def run(workdir: Path, story: Story) -> dict[str, Any]:
+def run(workdir: Path, story: Story, *,
+        serve: Callable[[EmbeddedHost, dict[str, str]], None] | None = None) -> dict[str, Any]:
+    """Tell the story; with ``serve``, hand the running host (and console logins) to it
+    before stopping."""
     bank = SandboxBank(failing_ibans=frozenset({FAILING_IBAN}))
     eh = EmbeddedHost(workdir / "host", bank=bank)
     tills: list[Till] = []
     try:
-        return _run(eh, workdir, story, tills)
+        result = _run(eh, workdir, story, tills)
+        if serve is not None:
+            import secrets
+
+            from tallypurse.host.console import create_user
+
+            logins = {}
+            for user, role, merchant in (("operator", "operator", None),
+                                         ("auditor", "auditor", None),
+                                         ("canteen", "merchant", "campus-canteen")):
+                password = secrets.token_urlsafe(12)
+                create_user(eh.host, user, password, role, merchant_id=merchant)
+                logins[user] = password
+            serve(eh, logins)
+        return result
     finally:
         for t in tills:
             t.close()
