@@ -20,7 +20,7 @@ from tallypurse.sim import RULES, Faults, SimConfig, SimReport, simulate
 from tallypurse.sim.workspace import workspace
 
 # The bounded simulation CI runs with every fault, on each database. 1,000 cards, 50
-# terminals and 7 days take several minutes here (2 cores): see docs/simulator.md.
+# terminals and 7 days take 2.5 to 9 minutes here (2 cores): see docs/simulator.md.
 CI_CITY = {"cards": 200, "terminals": 10, "days": 3}
 SMALL = {"cards": 30, "terminals": 4, "days": 2}
 

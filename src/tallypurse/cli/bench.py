@@ -149,6 +149,7 @@ def bench_card(
 
 
 # Benchmarks that live beside the commands they measure.
+from .bench_credit import bench_credit  # noqa: E402
 from .bench_host import bench_agent, bench_clearing  # noqa: E402
 from .bench_pcsc import bench_pcsc  # noqa: E402
 from .terminal import bench_tap  # noqa: E402
@@ -157,3 +158,4 @@ app.command("tap")(bench_tap)
 app.command("pcsc")(bench_pcsc)
 app.command("clearing")(bench_clearing)
 app.command("agent")(bench_agent)
+app.command("credit")(bench_credit)

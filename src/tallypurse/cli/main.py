@@ -16,6 +16,8 @@ app.add_typer(keys.app, name="keys")
 app.add_typer(card.app, name="card")
 app.add_typer(bench.app, name="bench")
 app.add_typer(credit.app, name="credit")
+# `tallypurse credit explain` reads the host's books: the same command as `host credit explain`.
+credit.app.command("explain")(host.credit_explain)
 app.add_typer(terminal.app, name="terminal")
 app.add_typer(host.app, name="host")
 host.app.add_typer(console_cli.app, name="user")  # tallypurse host user ...: console logins
