@@ -38,7 +38,7 @@ def test_simulate_prints_a_readable_report(tmp_path: Path) -> None:
     result = runner.invoke(app, ["simulate", "--cards", "8", "--terminals", "2", "--days", "1",
                                  "--faults", "none", "--workdir", str(tmp_path / "city"), "-q"])
     assert result.exit_code == 0, result.output
-    assert "rules (DESIGN.md section 8)" in result.stdout and "FAIL" not in result.stdout
+    assert "rules (docs/architecture.md)" in result.stdout and "FAIL" not in result.stdout
     assert (tmp_path / "city" / "host.sqlite3").exists()  # --workdir keeps the city
 
 

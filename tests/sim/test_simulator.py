@@ -1,4 +1,4 @@
-"""The city simulator drives the real card, terminal and host code and checks DESIGN.md
+"""The city simulator drives the real card, terminal and host code and checks docs/architecture.md
 section 8: every rule holds in a fault-free city and under every fault, on SQLite and on
 PostgreSQL; the same seed gives the same run; a planted bug is caught with a seed and a
 step that replay it."""

@@ -152,6 +152,7 @@ def bench_card(
 from .bench_credit import bench_credit  # noqa: E402
 from .bench_host import bench_agent, bench_clearing  # noqa: E402
 from .bench_pcsc import bench_pcsc  # noqa: E402
+from .simulate import bench_simulate  # noqa: E402
 from .terminal import bench_tap  # noqa: E402
 
 app.command("tap")(bench_tap)
@@ -159,3 +160,4 @@ app.command("pcsc")(bench_pcsc)
 app.command("clearing")(bench_clearing)
 app.command("agent")(bench_agent)
 app.command("credit")(bench_credit)
+app.command("simulate")(bench_simulate)

@@ -1,7 +1,7 @@
 """`tallypurse bench clearing` and `tallypurse bench agent`: the host's two speed aims.
 
 Both print their figure beside the floor that this machine allows for the same
-work, measured in the same run (DESIGN.md section 10):
+work, measured in the same run (the speed aims in docs/benchmarks.md):
 
 * clearing: real card-signed debits (every card has its own P-256 key, certified
   by the issuer root, and signs each of its events as the purse applet does;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, card, credit, demo, host, keys, phone, terminal
+from . import bench, card, credit, demo, host, keys, phone, simulate, terminal
 from . import console as console_cli
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.add_typer(host.app, name="host")
 host.app.add_typer(console_cli.app, name="user")  # tallypurse host user ...: console logins
 app.add_typer(phone.app, name="phone")
 app.command("demo")(demo.demo)
+app.command("simulate")(simulate.simulate)
 
 
 def main() -> None:

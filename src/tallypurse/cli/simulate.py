@@ -69,7 +69,7 @@ def simulate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress on stderr.")] = False,
 ) -> None:
     """Simulate a city (cardholders, merchants, terminals, the host, a bank) on the real code
-    with simulated time and network, inject faults, and check every rule of DESIGN.md
+    with simulated time and network, inject faults, and check every rule of the system
     section 8. Exits 1 if a rule breaks, printing the seed and step to replay it."""
     try:
         report = _run(cards, terminals, days, seed, faults, db, stop_at, workdir,

@@ -1,6 +1,6 @@
 """A deterministic city simulator that drives the real card, terminal and host code with
 simulated time and a simulated network, injects faults, and checks the rules of
-DESIGN.md section 8. See docs/simulator.md."""
+the system's rules (docs/architecture.md). See docs/simulator.md."""
 
 from .faults import FAULTS, Faults, Rates
 from .report import RULES, SimReport, Violation

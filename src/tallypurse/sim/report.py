@@ -6,7 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-# DESIGN.md section 8, in order; the keys of ``invariants``.
+# the system's rules (docs/architecture.md), in order; the keys of ``invariants``.
 RULES: dict[str, str] = {
     "money_conserved": "1. the ledger balances to zero; the host's purse view after clearing "
                        "equals every card's balance chain",
@@ -126,7 +126,7 @@ class SimReport:
             out.append("faults injected:")
             for k, v in j["faults_injected"].items():
                 out.append(f"  {k:<38} {v}")
-        out.append("rules (DESIGN.md section 8):")
+        out.append("rules (docs/architecture.md):")
         for rule, ok in self.invariants.items():
             out.append(f"  {'ok  ' if ok else 'FAIL'} {RULES[rule]}")
         if self.violations:

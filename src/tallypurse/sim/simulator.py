@@ -14,8 +14,8 @@ day in the evening, the host processes direct debits every two hours and at
 the end of the day sweeps collections, settles merchants, and the simulator
 checks the ledger. After the last day the faults stop, the network heals,
 every terminal uploads what it holds, the bank answers, every card taps once
-more after a sync (to receive its outcomes), and every rule of DESIGN.md
-section 8 is checked against the cards themselves, the terminals' journals
+more after a sync (to receive its outcomes), and every rule of the system
+is checked against the cards themselves, the terminals' journals
 and the host's books (:mod:`tallypurse.sim.checks`).
 """
 

@@ -55,7 +55,7 @@ log = logging.getLogger("tallypurse.host.console")
 DAY = 86_400
 RECENT_DAYS = 14
 
-# Debt states as an operator reads them (agent debits, DESIGN section 6.6).
+# Debt states as an operator reads them.
 DEBT_GROUPS: dict[str, tuple[str, ...]] = {
     "pending": ("open", "bank_pending"),
     "collected online": ("settled",),
