@@ -1,4 +1,4 @@
-"""The rules of the system's rules (docs/architecture.md), checked against the cards, the terminals and the host.
+"""The system's rules (docs/architecture.md), checked against the cards, terminals and host.
 
 The checks do not take the host's word for anything it could get wrong: each
 card's counters, balance and debt slots are read from the card itself; the

@@ -1,4 +1,4 @@
-"""The rules of the system (the system's rules, docs/architecture.md), checked against the host's books and
+"""The system's rules (docs/architecture.md), checked against the host's books and
 the cards themselves. Each check returns (holds, detail)."""
 
 from __future__ import annotations
