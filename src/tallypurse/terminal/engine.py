@@ -842,13 +842,8 @@ class Terminal:
         recovered = self._recovered(tap, ("debit",), last)
         if recovered is not None:
             return recovered
-        self._check_blacklist(tap)
+        session = self._initialize_purchase(tap)
         purse = tap.purse
-        session = self._call(
-            lambda: purse.initialize_purchase(self.sam.certificate), "INITIALIZE PURCHASE"
-        )
-        self._check_card(tap, flags=session.flags, expiry=session.expiry,
-                         currency=session.currency)
         card_key = self._card_key(tap)
         purse_part, split = amount, 0
         if amount > session.balance:
@@ -949,13 +944,8 @@ class Terminal:
         host = self._host()
         self._check_room(params)
         tap = self._start(reader)
-        self._check_blacklist(tap)
+        session = self._initialize_purchase(tap)
         purse = tap.purse
-        session = self._call(
-            lambda: purse.initialize_purchase(self.sam.certificate), "INITIALIZE PURCHASE"
-        )
-        self._check_card(tap, flags=session.flags, expiry=session.expiry,
-                         currency=session.currency)
         self._card_key(tap)
         try:
             challenge = host.online_challenge()
@@ -1115,6 +1105,17 @@ class Terminal:
         self.flush(kinds=(Kind.CONFIRM_LOAD,))
         return TapResult(receipt, False, tap.resolutions, tap.writebacks)
 
+    def _initialize_purchase(self, tap: _Tap) -> PurchaseSession:
+        """Blacklist check, INITIALIZE PURCHASE with the SAM's certificate, card checks."""
+        self._check_blacklist(tap)
+        purse = tap.purse
+        session = self._call(
+            lambda: purse.initialize_purchase(self.sam.certificate), "INITIALIZE PURCHASE"
+        )
+        self._check_card(tap, flags=session.flags, expiry=session.expiry,
+                         currency=session.currency)
+        return session
+
     # --- cancel ----------------------------------------------------------------------------------
     def cancel_last(self, reader: Reader) -> TapResult:
         """Cancel this terminal's last purchase on this card, within the cancel window."""
@@ -1125,13 +1126,8 @@ class Terminal:
         recovered = self._recovered(tap, ("cancel",), last)
         if recovered is not None:
             return recovered
-        self._check_blacklist(tap)
+        session = self._initialize_purchase(tap)
         purse = tap.purse
-        session = self._call(
-            lambda: purse.initialize_purchase(self.sam.certificate), "INITIALIZE PURCHASE"
-        )
-        self._check_card(tap, flags=session.flags, expiry=session.expiry,
-                         currency=session.currency)
         entry = self.journal.last_entry_for(tap.card_id, "debit")
         if entry is None:
             raise Declined(DeclineCode.NOTHING_TO_CANCEL, "no purchase of this card here")
