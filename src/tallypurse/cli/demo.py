@@ -64,7 +64,7 @@ def demo(
                        f"{row['count']:>5} {format_minor(row['gross'], eur):>12} "
                        f"{format_minor(row['fees'], eur):>10} "
                        f"{format_minor(row['net'], eur):>12}")
-        typer.echo("\nRules (the system's rules, docs/architecture.md)")
+        typer.echo("\nRules that must always hold (docs/architecture.md)")
         for name, holds in result["invariants"].items():
             typer.echo(f"  {'ok  ' if holds else 'FAIL'} {name}: {result['details'][name]}")
     if not ok:
