@@ -865,21 +865,9 @@ class Terminal:
                 tx_type=ttype.name.lower(), amount=purse_part, split=split,
                 currency=params.currency, request=order.to_bytes(),
             )
-        try:
-            result = purse.debit(order, signature)
-        except CardLost:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail="card removed during DEBIT")
-            raise TapInterrupted(
-                "card removed during the payment: tap the same card again "
-                "(no receipt until then)", attempt,
-            ) from None
-        except CardError as exc:
-            code = decline_for_sw(exc.sw)
-            self._finish(attempt, tap.card_id, DECLINED, code=code, detail=exc.message)
-            raise Declined(code, exc.message) from None
-        except DecodeError as exc:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail=f"garbled answer: {exc}")
-            raise TapInterrupted("the card's answer was garbled: tap again", attempt) from None
+        result = self._money_command(tap, attempt, lambda: purse.debit(order, signature),
+                                     "DEBIT", "the payment: tap the same card again "
+                                     "(no receipt until then)")
         signed = SignedEvent(debit_event(session, order, result), result.tac)
         if not self.sam.verify_tac(signed, card_key):
             self._finish(attempt, tap.card_id, DECLINED, code=DeclineCode.TAC_INVALID,
@@ -1082,19 +1070,9 @@ class Terminal:
                 tx, kind="load", now=tap.now, card_id=tap.card_id, tx_type="", amount=amount,
                 split=0, currency=params.currency, request=auth.to_bytes(), reference=key,
             )
-        try:
-            signed = purse.credit(auth, auth_sig, load_cert)
-        except CardLost:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail="card removed during CREDIT")
-            raise TapInterrupted("card removed during the load: tap the same card again",
-                                 attempt) from None
-        except CardError as exc:
-            code = decline_for_sw(exc.sw)
-            self._finish(attempt, tap.card_id, DECLINED, code=code, detail=exc.message)
-            raise Declined(code, exc.message) from None
-        except DecodeError as exc:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail=f"garbled answer: {exc}")
-            raise TapInterrupted("the card's answer was garbled: tap again", attempt) from None
+        signed = self._money_command(tap, attempt,
+                                     lambda: purse.credit(auth, auth_sig, load_cert),
+                                     "CREDIT", "the load: tap the same card again")
         ev = signed.event
         if (ev.kind != EventKind.LOAD or ev.terminal_challenge != auth.auth_id
                 or not self.sam.verify_tac(signed, card_key)):
@@ -1104,6 +1082,25 @@ class Terminal:
         receipt = self._commit_or_interrupt(attempt, "load", signed, reference=key)
         self.flush(kinds=(Kind.CONFIRM_LOAD,))
         return TapResult(receipt, False, tap.resolutions, tap.writebacks)
+
+    def _money_command(self, tap: _Tap, attempt: int, command: Callable[[], T], ins: str,
+                       during: str) -> T:
+        """Send a command that moves money, the attempt already journalled as pending.
+
+        A card pulled or an answer garbled leaves the attempt uncertain (resolved at the
+        card's next tap); a refusal by the card declines it."""
+        try:
+            return command()
+        except CardLost:
+            self._finish(attempt, tap.card_id, UNCERTAIN, detail=f"card removed during {ins}")
+            raise TapInterrupted(f"card removed during {during}", attempt) from None
+        except CardError as exc:
+            code = decline_for_sw(exc.sw)
+            self._finish(attempt, tap.card_id, DECLINED, code=code, detail=exc.message)
+            raise Declined(code, exc.message) from None
+        except DecodeError as exc:
+            self._finish(attempt, tap.card_id, UNCERTAIN, detail=f"garbled answer: {exc}")
+            raise TapInterrupted("the card's answer was garbled: tap again", attempt) from None
 
     def _initialize_purchase(self, tap: _Tap) -> PurchaseSession:
         """Blacklist check, INITIALIZE PURCHASE with the SAM's certificate, card checks."""
@@ -1152,19 +1149,8 @@ class Terminal:
                 amount=last_ev.amount, split=last_ev.split, currency=params.currency,
                 request=order.to_bytes(), reference=f"cancels-{entry.seq}",
             )
-        try:
-            result = purse.cancel(order, signature)
-        except CardLost:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail="card removed during CANCEL")
-            raise TapInterrupted("card removed during the cancel: tap the same card again",
-                                 attempt) from None
-        except CardError as exc:
-            code = decline_for_sw(exc.sw)
-            self._finish(attempt, tap.card_id, DECLINED, code=code, detail=exc.message)
-            raise Declined(code, exc.message) from None
-        except DecodeError as exc:
-            self._finish(attempt, tap.card_id, UNCERTAIN, detail=f"garbled answer: {exc}")
-            raise TapInterrupted("the card's answer was garbled: tap again", attempt) from None
+        result = self._money_command(tap, attempt, lambda: purse.cancel(order, signature),
+                                     "CANCEL", "the cancel: tap the same card again")
         event = CardEvent(
             kind=EventKind.CANCEL, card_id=tap.card_id, atc=result.atc,
             load_counter=session.load_counter, amount=last_ev.amount, split=last_ev.split,
