@@ -13,7 +13,7 @@ import typer
 
 from tallypurse.host.service import Host
 
-from .host import DataDirOption, DbOption, JsonOption, echo_json, opened
+from .host import DataDirOption, DbOption, JsonOption, KeystoreOption, echo_json, opened
 
 app = typer.Typer(help="People who log in to the operator console (/console): operators act, "
                        "auditors read, merchants see their own settlement.",
@@ -45,6 +45,7 @@ def add(
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from the first line of stdin.")] = False,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Add a console user (the password is stored only as an Argon2id hash)."""
     from tallypurse.host.console import create_user
@@ -52,7 +53,7 @@ def add(
     if role not in ("operator", "auditor", "merchant"):
         raise typer.BadParameter("role is operator, auditor or merchant")
     password = _password(password_stdin)
-    with opened(db, data_dir, migrate=True) as host:
+    with opened(db, data_dir, keystore, migrate=True) as host:
         user = create_user(host, username, password, role, merchant_id=merchant,
                            display_name=name)
         _audit(host, "user.add", user.username, f"role {user.role.value}"
@@ -66,12 +67,13 @@ def password(
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from the first line of stdin.")] = False,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Set a user's password."""
     from tallypurse.host.console import set_password
 
     new = _password(password_stdin)
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         set_password(host, username, new)
         _audit(host, "user.password", username)
     typer.echo(f"password of {username} set")
@@ -79,11 +81,11 @@ def password(
 
 @app.command("disable")
 def disable(username: UsernameArgument, db: DbOption = None,
-            data_dir: DataDirOption = None) -> None:
+            data_dir: DataDirOption = None, keystore: KeystoreOption = None) -> None:
     """Disable a user: every session of it ends at its next request."""
     from tallypurse.host.console import set_status
 
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         set_status(host, username, "disabled")
         _audit(host, "user.disable", username)
     typer.echo(f"{username} disabled")
@@ -91,11 +93,11 @@ def disable(username: UsernameArgument, db: DbOption = None,
 
 @app.command("enable")
 def enable(username: UsernameArgument, db: DbOption = None,
-           data_dir: DataDirOption = None) -> None:
+           data_dir: DataDirOption = None, keystore: KeystoreOption = None) -> None:
     """Enable a disabled user again."""
     from tallypurse.host.console import set_status
 
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         set_status(host, username, "active")
         _audit(host, "user.enable", username)
     typer.echo(f"{username} enabled")
@@ -103,11 +105,12 @@ def enable(username: UsernameArgument, db: DbOption = None,
 
 @app.command("list")
 def list_users(db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
                as_json: JsonOption = False) -> None:
     """Console users: role, merchant, status, last login."""
     from tallypurse.host.console import users
 
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         rows = users(host)
     if as_json:
         echo_json([{"username": u.username, "role": u.role.value, "merchant_id": u.merchant_id,

@@ -15,9 +15,16 @@ import typer
 
 from tallypurse.core.errors import TallypurseError
 from tallypurse.core.money import Money
-from tallypurse.host.config import ENV_DATA_DIR, ENV_DB, ENV_PUBLIC_URL, HostSettings
+from tallypurse.host.config import (
+    ENV_DATA_DIR,
+    ENV_DB,
+    ENV_KEYSTORE,
+    ENV_PUBLIC_URL,
+    HostSettings,
+)
 from tallypurse.host.db.migrate import head_revision, upgrade
 from tallypurse.host.service import Host
+from tallypurse.keystore.base import ManagedKeyStore
 
 from .keys import fail
 
@@ -30,30 +37,43 @@ DbOption = Annotated[str | None, typer.Option(
 DataDirOption = Annotated[Path | None, typer.Option(
     "--data-dir", help="Data directory (SQLite file, keystore) [default: ./tallypurse-host]",
     file_okay=False, show_default=False)]
+KeystoreOption = Annotated[str | None, typer.Option(
+    "--keystore", help="The host's keys: a keystore directory, or a PKCS#11 token "
+    "'pkcs11:module=PATH;token=LABEL;pin-source=env:VAR' (the PIN in that variable) "
+    f"[default: ${ENV_KEYSTORE}, else the software keystore in the data directory]",
+    show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 
-def settings(db: str | None, data_dir: Path | None, **extra: Any) -> HostSettings:
+def settings(db: str | None, data_dir: Path | None, keystore: str | None = None,
+             **extra: Any) -> HostSettings:
     try:
-        return HostSettings.from_env(db_url=db, data_dir=data_dir, **extra)
+        return HostSettings.from_env(db_url=db, data_dir=data_dir, keystore=keystore, **extra)
     except TallypurseError as exc:
         fail(exc.message)
 
 
 @contextmanager
-def opened(db: str | None, data_dir: Path | None, *, migrate: bool = False) -> Iterator[Host]:
+def opened(db: str | None, data_dir: Path | None, keystore: str | None = None, *,
+           migrate: bool = False) -> Iterator[Host]:
     """A host for one command; errors become one line on stderr and exit status 2."""
     from tallypurse.host.bootstrap import open_host
 
+    config = settings(db, data_dir, keystore)
     try:
-        host = open_host(settings(db, data_dir))
+        host = open_host(config)
+    except TallypurseError as exc:
+        fail(exc.message)
+    try:
         if migrate:
             upgrade(host.db)
         yield host
     except TallypurseError as exc:
         fail(exc.message)
-    else:
+    finally:
         host.db.dispose()
+        if isinstance(host.keys, ManagedKeyStore):
+            host.keys.close()
 
 
 def echo_json(obj: Any) -> None:
@@ -70,9 +90,10 @@ def parse_day(text: str | None) -> dt.date:
 
 
 @app.command()
-def migrate(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+def migrate(db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None) -> None:
     """Create or upgrade the database schema (Alembic) and the keystore if missing."""
-    with opened(db, data_dir, migrate=True) as host:
+    with opened(db, data_dir, keystore, migrate=True) as host:
         url = host.db.engine.url.render_as_string()
         typer.echo(f"database at revision {head_revision()} ({url})")
 
@@ -81,6 +102,7 @@ def migrate(db: DbOption = None, data_dir: DataDirOption = None) -> None:
 def serve(
     db: DbOption = None,
     data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes.", min=1, max=64)] = 1,
@@ -88,14 +110,19 @@ def serve(
         help="Base URL terminals sign, when behind a proxy.")] = None,
 ) -> None:
     """Serve the host API (uvicorn). Migrates the database first; keeps no state in
-    its processes, so any number of workers or hosts can share one PostgreSQL."""
+    its processes, so any number of workers or hosts can share one PostgreSQL.
+    With --keystore pkcs11:... every signature and key diversification is made on
+    the token (see docs/security.md)."""
     import uvicorn
 
-    config = settings(db, data_dir, public_url=public_url)
+    config = settings(db, data_dir, keystore, public_url=public_url)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    with opened(db, data_dir, migrate=True):
+    with opened(db, data_dir, keystore, migrate=True):
         pass  # creates the data directory, keystore and schema on a fresh machine
     os.environ[ENV_DATA_DIR] = str(config.data_dir.resolve())
+    if config.keystore:
+        # The workers open the same keystore; a token's PIN stays in its pin-source.
+        os.environ[ENV_KEYSTORE] = config.keystore
     if config.db_url:
         os.environ[ENV_DB] = config.db_url
     if config.public_url:
@@ -108,11 +135,12 @@ def serve(
 
 
 @app.command()
-def audit(db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False
+def audit(db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False
           ) -> None:
     """Prove that the ledger sums to zero and every balance equals its postings.
     Exit status 1 when it does not."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         report = host.reports.audit()
     if as_json:
         echo_json(report)
@@ -141,13 +169,14 @@ def token_create(
     merchant: Annotated[str | None, typer.Option(help="The merchant (role merchant).")] = None,
     name: Annotated[str, typer.Option(help="Who holds it.")] = "",
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Create a token; it is shown once."""
     from tallypurse.host.api.auth import create_token
 
     if role not in ("operator", "auditor", "merchant"):
         raise typer.BadParameter("role is operator, auditor or merchant")
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         typer.echo(create_token(host, role, merchant_id=merchant, name=name))
 
 
@@ -159,9 +188,10 @@ def merchant_add(
     fee_bp: Annotated[int, typer.Option(help="Fee in basis points.", min=0, max=10_000)] = 0,
     merchant_id: Annotated[str | None, typer.Option("--id", help="Merchant id.")] = None,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Register a merchant; prints its id."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         typer.echo(host.registry.create_merchant(name, iban=iban, bic=bic,
                                                  fee_basis_points=fee_bp,
                                                  merchant_id=merchant_id))
@@ -171,10 +201,11 @@ def merchant_add(
 def terminal_add(
     merchant: Annotated[str, typer.Option(help="The merchant the terminal belongs to.")],
     terminal_id: Annotated[str | None, typer.Option("--id", help="16 hex digits.")] = None,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Register a terminal; prints its id and a one-time enrolment token."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         tid, token = host.tms.create_terminal(merchant, terminal_id)
     if as_json:
         echo_json({"terminal_id": tid, "enrolment_token": token})
@@ -184,9 +215,10 @@ def terminal_add(
 
 @app.command("terminals")
 def terminals(db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
               as_json: JsonOption = False) -> None:
     """Terminals: status, last contact, list versions, journal progress, staleness."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         rows = [t.to_json() for t in host.tms.terminals()]
     if as_json:
         echo_json(rows)
@@ -199,10 +231,11 @@ def terminals(db: DbOption = None, data_dir: DataDirOption = None,
 
 
 @app.command("terminal-revoke")
-def terminal_revoke(terminal_id: str, db: DbOption = None, data_dir: DataDirOption = None
+def terminal_revoke(terminal_id: str, db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None
                     ) -> None:
     """Revoke a terminal: its requests are refused from now on."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         host.tms.revoke(terminal_id)
     typer.echo(f"terminal {terminal_id} revoked")
 
@@ -214,9 +247,10 @@ def cardholder_add(
     iban: Annotated[str | None, typer.Option(help="Linked bank account IBAN.")] = None,
     bic: Annotated[str | None, typer.Option(help="Linked bank account BIC.")] = None,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Register a cardholder with an online account (and a linked bank account)."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         holder = host.registry.create_cardholder(name)
         if funds:
             host.registry.fund_online_account(holder, Money.parse(funds, "EUR").minor,
@@ -232,6 +266,7 @@ def card_issue(
     serial: Annotated[str, typer.Option(help="Card serial: 16 hex digits.")],
     cardholder: Annotated[str | None, typer.Option(help="Cardholder id.")] = None,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Manufacture a card file, personalise it through its own commands, register it."""
     from tallypurse.card.card import Card
@@ -241,7 +276,7 @@ def card_issue(
     card_serial = parse_serial(serial)
     if card_file.exists():
         fail(f"{card_file} already exists")
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         card = Card.manufacture(card_serial, path=card_file)
         try:
             host.registry.issue_card(card, serial=card_serial, cardholder_id=cardholder)
@@ -256,11 +291,12 @@ def settle(
     day: Annotated[str | None, typer.Option(help="Business day YYYY-MM-DD [today].")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory for the report and pain.001.",
                                              file_okay=False)] = None,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Settle every merchant for a day; write the report (CSV, JSON) and the payout file."""
     when = parse_day(day)
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         views = host.settlement.run(when)
         xml = host.settlement.payout_file(when)
         report = host.settlement.report_csv(host.settlement.settlements(day=when))
@@ -283,9 +319,10 @@ def collect(
     day: Annotated[str | None, typer.Option(help="Business day YYYY-MM-DD [today].")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the pain.008.")] = None,
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Write a pain.008 direct-debit file for the debts in collection."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         xml = host.settlement.collections_file(parse_day(day))
     if xml is None:
         typer.echo("nothing to collect")
@@ -297,10 +334,11 @@ def collect(
 
 
 @app.command()
-def tick(db: DbOption = None, data_dir: DataDirOption = None) -> None:
+def tick(db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None) -> None:
     """Periodic work: fetch bank outcomes, blacklist long-unpaid debts, re-score
     cardholders whose debts were settled since their last credit decision."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         outcomes = host.agent.process_bank()
         swept = host.agent.sweep_collections()
         rescored = host.credit.catch_up()
@@ -312,9 +350,10 @@ def tick(db: DbOption = None, data_dir: DataDirOption = None) -> None:
 def report(
     what: Annotated[str, typer.Argument(help="gaps, clones, alerts or reconciliation")],
     db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
 ) -> None:
     """Operator reports (JSON)."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         makers = {"gaps": host.reports.gaps, "clones": host.reports.clones,
                   "alerts": host.reports.alerts,
                   "reconciliation": host.reports.reconciliation}
@@ -347,12 +386,13 @@ def _money(minor: int, code: str) -> str:
 def credit_run(
     as_of: Annotated[str | None, typer.Option(
         "--as-of", help="Score as of the end of this day, YYYY-MM-DD [now].")] = None,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """The daily batch: score every active cardholder (once per day), apply the grades,
     write back changed credit records to their cards."""
     day = parse_day(as_of) if as_of is not None else None
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         report = host.credit.run(day).to_json()
     if as_json:
         echo_json(report)
@@ -423,10 +463,11 @@ def _day(ts: int) -> str:
 
 @credit_app.command("explain")
 def credit_explain(ref: RefArgument, db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
                    as_json: JsonOption = False) -> None:
     """Score, grade, each indicator's value and points, reason codes, model version,
     what would raise the grade, and each card's credit record (nothing is stored)."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         explanation = host.credit.explain(ref)
     if as_json:
         echo_json(explanation)
@@ -436,9 +477,10 @@ def credit_explain(ref: RefArgument, db: DbOption = None, data_dir: DataDirOptio
 
 @credit_app.command("rescore")
 def credit_rescore(ref: RefArgument, db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
                    as_json: JsonOption = False) -> None:
     """Score one cardholder now, apply the grade and write back changed records."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         outcome = host.credit.rescore(ref, trigger="manual").to_json()
     _print_outcome(outcome, as_json)
 
@@ -465,7 +507,8 @@ def credit_override(
     until: Annotated[str | None, typer.Option(help="Expires at the end of this day, "
                                                     "YYYY-MM-DD.")] = None,
     by: Annotated[str | None, typer.Option(help="Who sets it [login name].")] = None,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Set a cardholder's grade by hand (with a reason; optionally expiring). It applies
     at once, is written back to the cards, and is audited (who, when, why)."""
@@ -478,7 +521,7 @@ def credit_override(
         chosen = Grade.parse(grade)
     except TallypurseError as exc:
         fail(exc.message)
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         expires = (host.now() + days * 86_400 if days is not None
                    else end_of_day(parse_day(until)) if until is not None else None)
         outcome = host.credit.override(ref, chosen, reason=reason, actor=_who(by),
@@ -491,10 +534,11 @@ def credit_clear_override(
     ref: RefArgument,
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
     by: Annotated[str | None, typer.Option(help="Who clears it [login name].")] = None,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """End a cardholder's override: the model's grade applies again at once."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         outcome = host.credit.clear_override(ref, reason=reason, actor=_who(by),
                                              source="cli").to_json()
     _print_outcome(outcome, as_json)
@@ -504,10 +548,11 @@ def credit_clear_override(
 def credit_history(
     ref: RefArgument,
     limit: Annotated[int, typer.Option(help="How many decisions.", min=1, max=1000)] = 20,
-    db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Stored decisions (newest first) and the grades set by hand."""
-    with opened(db, data_dir) as host:
+    with opened(db, data_dir, keystore) as host:
         history = host.credit.history(ref, limit)
     if as_json:
         echo_json(history)

@@ -7,6 +7,12 @@ exists yet, a random passphrase is generated and kept in
 ``<data dir>/keystore/passphrase`` (mode 0600), which is fine for a trial and
 wrong for production (set the variable, or use an HSM-backed keystore).
 
+``settings.keystore`` (``--keystore`` on the host commands, ``$TALLYPURSE_KEYSTORE``
+for the workers) names another keystore: a directory that holds one, or a
+PKCS#11 token on which ``tallypurse keys init`` made the keys. The host never
+creates keys on a token and never creates a keystore in a directory it was
+named explicitly: a typo must not start a host on fresh keys.
+
 ``app_from_env`` is the factory uvicorn's worker processes call: each worker
 opens its own connections and keystore from the same environment, and shares
 nothing else with the others.
@@ -23,6 +29,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tallypurse.core.errors import KeystoreError
+from tallypurse.keystore import locate
+from tallypurse.keystore.base import KEY_SPECS, ManagedKeyStore
 from tallypurse.keystore.software import KEYSTORE_FILE, SoftwareKeyStore
 
 from .config import HostSettings
@@ -53,7 +61,11 @@ def passphrase(keystore_dir: Path, *, create: bool) -> str:
     return value
 
 
-def open_keystore(settings: HostSettings, *, create: bool = True) -> SoftwareKeyStore:
+def open_keystore(settings: HostSettings, *, create: bool = True) -> ManagedKeyStore:
+    """The host's keystore: the one ``settings.keystore`` names, else the software
+    keystore in the data directory (created there when missing and ``create``)."""
+    if settings.keystore:
+        return _open_named(settings.keystore)
     directory = settings.keystore_dir
     if (directory / KEYSTORE_FILE).exists():
         return SoftwareKeyStore.open(directory, passphrase(directory, create=False))
@@ -64,10 +76,36 @@ def open_keystore(settings: HostSettings, *, create: bool = True) -> SoftwareKey
                                    now=int(time.time()))
 
 
+def _open_named(spec: str) -> ManagedKeyStore:
+    if locate.is_pkcs11(spec):
+        # The PIN comes from the URI's pin-source only: a server asks no one.
+        store = locate.open_keystore(spec)
+        held = {ref.name for ref in store.refs()}
+        missing = [name for name in KEY_SPECS if name not in held]
+        if missing:
+            store.close()
+            raise KeystoreError(f"the keystore {store.location} lacks {', '.join(missing)} "
+                                "(a host needs every key 'tallypurse keys init' makes)")
+        log.info("keystore: PKCS#11 token %s", store.location)
+        return store
+    directory = Path(spec)
+    if not (directory / KEYSTORE_FILE).exists():
+        raise KeystoreError(f"no keystore in {directory} "
+                            f"(make one with 'tallypurse keys init --keystore {directory}')")
+    return SoftwareKeyStore.open(directory, passphrase(directory, create=False))
+
+
 def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database.connect(settings.database_url)
-    return Host(db, open_keystore(settings, create=create_keystore), settings=settings)
+    """The host on its database and keystore. The keystore is opened first, so that a
+    keystore that cannot be opened leaves the data directory and database untouched."""
+    keys = open_keystore(settings, create=create_keystore)
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database.connect(settings.database_url)
+    except BaseException:
+        keys.close()
+        raise
+    return Host(db, keys, settings=settings)
 
 
 def app_from_env() -> FastAPI:

@@ -1,9 +1,12 @@
 """The host's settings, validated once at start.
 
 Everything has a default so that ``tallypurse host serve`` starts on a fresh
-machine with no configuration: SQLite in the data directory and a keystore
-created there. Environment variables (``TALLYPURSE_HOST_*``) override the
-defaults; the command line overrides both.
+machine with no configuration: SQLite in the data directory and a software
+keystore created there. ``keystore`` names another one instead: a keystore
+directory, or a PKCS#11 token (``pkcs11:module=PATH;token=LABEL;pin-source=env:VAR``)
+on which ``tallypurse keys init`` made the keys. Environment variables
+(``TALLYPURSE_HOST_*``, ``TALLYPURSE_KEYSTORE``) override the defaults; the
+command line overrides both.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tallypurse.host.db.engine import normalise_url, sqlite_url
 ENV_DB = "TALLYPURSE_HOST_DB"
 ENV_DATA_DIR = "TALLYPURSE_HOST_DATA_DIR"
 ENV_PUBLIC_URL = "TALLYPURSE_HOST_PUBLIC_URL"
+ENV_KEYSTORE = "TALLYPURSE_KEYSTORE"
 DEFAULT_DATA_DIR = Path("tallypurse-host")
 
 
@@ -36,6 +40,7 @@ class HostSettings:
     data_dir: Path = DEFAULT_DATA_DIR
     db_url: str = ""  # empty: SQLite file in data_dir
     public_url: str = ""  # the base URL terminals sign (@target-uri) when behind a proxy
+    keystore: str = ""  # empty: the software keystore in data_dir/keystore
     # request signatures
     signature_max_age_s: int = 300
     clock_skew_s: int = 60
@@ -61,7 +66,13 @@ class HostSettings:
 
     @property
     def keystore_dir(self) -> Path:
+        """Where the default software keystore lives."""
         return self.data_dir / "keystore"
+
+    @property
+    def keystore_spec(self) -> str:
+        """The keystore as ``tallypurse keys --keystore`` names it (a directory or a URI)."""
+        return self.keystore or str(self.keystore_dir)
 
     @classmethod
     def from_env(cls, **overrides: object) -> HostSettings:
@@ -69,6 +80,7 @@ class HostSettings:
             data_dir=Path(os.environ.get(ENV_DATA_DIR) or DEFAULT_DATA_DIR),
             db_url=os.environ.get(ENV_DB, ""),
             public_url=os.environ.get(ENV_PUBLIC_URL, ""),
+            keystore=os.environ.get(ENV_KEYSTORE, ""),
         )
         given = {k: v for k, v in overrides.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
@@ -81,3 +93,18 @@ class HostSettings:
         if self.max_batch_entries < 1 or self.max_body_bytes < 1024:
             raise BadInput("batch and body limits must be positive")
         self.database_url  # noqa: B018 - validates the URL
+        if self.keystore.startswith("pkcs11:"):
+            check_keystore_uri(self.keystore)
+
+
+def check_keystore_uri(spec: str) -> None:
+    """Refuse a PKCS#11 URI the host must not take: one that carries its PIN.
+
+    The host's keystore name travels on command lines and in the environment of
+    worker processes, and shows in logs; the PIN comes from ``pin-source``
+    (``env:VAR`` or ``file:PATH``), never from the URI itself.
+    """
+    for part in spec[len("pkcs11:"):].replace("?", ";").replace("&", ";").split(";"):
+        if part.partition("=")[0].strip() == "pin-value":
+            raise BadInput("the host takes no PIN in its keystore URI; "
+                           "give pin-source=env:VAR and put the PIN in that variable")
