@@ -1,5 +1,7 @@
 """The whole system in one process: an embedded host served over loopback HTTP,
-terminals enrolled against it, and cards issued by it.
+terminals enrolled against it, and cards issued by it. :class:`ServedHost` is the
+same with the host's HTTP side in a ``tallypurse host serve`` child process (the
+way an operator runs it, e.g. on a PKCS#11 token).
 
 Like :mod:`tallypurse.lab`, this is a composition root (it may import every
 component); the demo and end-to-end tests use it. Nothing here shortcuts the
@@ -9,11 +11,15 @@ protocols: terminals reach the host only through signed HTTP requests on
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import uvicorn
@@ -21,11 +27,12 @@ import uvicorn
 from tallypurse.card.card import Card
 from tallypurse.host.api import create_app
 from tallypurse.host.bank import SandboxBank
-from tallypurse.host.bootstrap import open_keystore
+from tallypurse.host.bootstrap import open_host, open_keystore
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
 from tallypurse.host.service import Host
+from tallypurse.keystore.base import ManagedKeyStore
 from tallypurse.terminal.engine import Terminal
 from tallypurse.terminal.http_client import HttpHostClient
 from tallypurse.terminal.reader import InProcessReader
@@ -89,6 +96,88 @@ class EmbeddedHost:
         self.stop()
 
 
+class ServedHost:
+    """``tallypurse host serve`` in a child process on a free loopback port, and the
+    operator's side of the same host (database and keystore) in this process, opened as
+    the ``tallypurse host ...`` commands open it. ``keystore`` is passed as
+    ``--keystore`` (a PKCS#11 URI's PIN travels in its pin-source variable, in ``env``).
+    The server's log goes to ``serve.log`` in the data directory."""
+
+    def __init__(self, data_dir: Path, *, keystore: str = "", db_url: str = "",
+                 env: dict[str, str] | None = None, start_timeout_s: float = 120) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "tallypurse.cli.main", "host", "serve",
+                   "--data-dir", str(self.data_dir), "--port", str(self.port)]
+        if keystore:
+            command += ["--keystore", keystore]
+        if db_url:
+            command += ["--db", db_url]
+        self.log_path = self.data_dir / "serve.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, env=env if env is not None else dict(os.environ),
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self._wait_healthy(start_timeout_s)
+            self.host = open_host(HostSettings(data_dir=self.data_dir, db_url=db_url,
+                                               keystore=keystore), create_keystore=False)
+        except BaseException:
+            self._terminate()
+            raise
+
+    def _wait_healthy(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                if httpx.get(self.url + "/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"tallypurse host serve did not start: {self.log()}")
+            time.sleep(0.2)
+
+    def log(self) -> str:
+        """What the server printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def _terminate(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        self._terminate()
+        self.host.db.engine.dispose()
+        if isinstance(self.host.keys, ManagedKeyStore):
+            self.host.keys.close()
+
+    def __enter__(self) -> ServedHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class HostEndpoint(Protocol):
+    """A running host: its URL and the operator's side of it (EmbeddedHost, ServedHost)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def host(self) -> Host: ...
+
+
 @dataclass
 class Till:
     """A terminal at a merchant, with its own network link to the host."""
@@ -107,7 +196,7 @@ class Till:
         self.client.close()
 
 
-def enrol_till(eh: EmbeddedHost, directory: Path, *, name: str, merchant_id: str,
+def enrol_till(eh: HostEndpoint, directory: Path, *, name: str, merchant_id: str,
                terminal_id: bytes, passphrase: str = "till") -> Till:
     """Register a terminal at the host (TMS), then enrol it over HTTP with its SAM."""
     tid, token = eh.host.tms.create_terminal(merchant_id, terminal_id.hex())
@@ -119,7 +208,7 @@ def enrol_till(eh: EmbeddedHost, directory: Path, *, name: str, merchant_id: str
     return Till(name, merchant_id, terminal, network, client)
 
 
-def issue_card(eh: EmbeddedHost, serial: bytes, *, cardholder_id: str | None,
+def issue_card(eh: HostEndpoint, serial: bytes, *, cardholder_id: str | None,
                path: Path | None = None) -> Card:
     """Manufacture a blank card and have the host personalise and register it."""
     card = Card.manufacture(serial, path=path)
