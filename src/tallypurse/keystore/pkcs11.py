@@ -52,7 +52,7 @@ from pkcs11 import exceptions as p11e
 from pkcs11.util.ec import encode_named_curve_parameters
 
 from tallypurse.core import cert, crypto
-from tallypurse.core.cert import Certificate, KeyRef, Signer
+from tallypurse.core.cert import KeyRef, Signer
 from tallypurse.core.errors import BadInput, CertificateError, DecodeError, KeystoreError
 from tallypurse.core.protocol import CertRole
 from tallypurse.keystore.base import (
@@ -62,9 +62,12 @@ from tallypurse.keystore.base import (
     ISSUER_ROOT,
     KEY_SPECS,
     MASTER_KEYS,
+    MAX_TIME,
     ROOT_VALIDITY,
+    KeyBook,
     KeyInfo,
     KeyKind,
+    check_time,
     revoked_error,
 )
 
@@ -72,7 +75,6 @@ URI_SCHEME = "pkcs11:"
 APP_KEY = "tallypurse-key"
 APP_CERT = "tallypurse-cert"
 APP_REVOKED = "tallypurse-revoked"
-MAX_TIME = 2**32 - 1
 DIVERSIFY_CONSTANT = 0x10  # as crypto.diversify
 KCV_BLOCK = b"\x01" * 16
 
@@ -217,17 +219,6 @@ def _fail(what: str, exc: p11e.PKCS11Error) -> NoReturn:
     raise KeystoreError(f"HSM: {what} failed ({type(exc).__name__})") from None
 
 
-def _check_time(value: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIME:
-        raise BadInput(f"{what} must be unix seconds in 0..{MAX_TIME}")
-
-
-def _ref_order(ref: KeyRef) -> tuple[int, str, int]:
-    names = list(KEY_SPECS)
-    index = names.index(ref.name) if ref.name in names else len(names)
-    return (index, ref.name, ref.version)
-
-
 def _load_token(uri: Pkcs11Uri) -> pkcs11.Token:
     try:
         lib = pkcs11.lib(uri.module)
@@ -282,7 +273,7 @@ class _HsmSigner:
 # --- The keystore -----------------------------------------------------------------------
 
 
-class Pkcs11KeyStore:
+class Pkcs11KeyStore(KeyBook[_Entry]):
     """The KeyStore protocol (and the ceremonies' ManagedKeyStore) on a PKCS#11 token."""
 
     def __init__(self, uri: Pkcs11Uri, shared: _Shared) -> None:
@@ -357,7 +348,7 @@ class Pkcs11KeyStore:
     @classmethod
     def create(cls, uri: str | Pkcs11Uri, *, now: int, pin: str | None = None) -> Pkcs11KeyStore:
         """Generate every key of KEY_SPECS on an initialised token that holds none yet."""
-        _check_time(now, "now")
+        check_time(now, "now")
         if now + ROOT_VALIDITY > MAX_TIME:
             raise BadInput("now is too late for a 20-year root certificate")
         parsed = parse_uri(uri) if isinstance(uri, str) else uri
@@ -374,25 +365,6 @@ class Pkcs11KeyStore:
         return store
 
     # --- The KeyStore protocol ----------------------------------------------------------
-
-    def refs(self) -> list[KeyRef]:
-        self._check_open()
-        with self._lock:
-            return sorted(self._entries, key=_ref_order)
-
-    def current(self, name: str) -> KeyRef:
-        with self._lock:
-            ref = self._current.get(name)
-        if ref is None:
-            self._check_open()
-            raise KeystoreError(f"unknown key {name!r}")
-        return ref
-
-    def info(self, ref: KeyRef) -> KeyInfo:
-        return self._entry(ref).info
-
-    def infos(self) -> list[KeyInfo]:
-        return [self.info(ref) for ref in self.refs()]
 
     def sign(self, ref: KeyRef, data: bytes) -> bytes:
         entry = self._usable(ref, KeyKind.EC_P256)
@@ -412,24 +384,6 @@ class Pkcs11KeyStore:
         self._usable(ref, KeyKind.EC_P256)
         return _HsmSigner(self, ref)
 
-    def public_key(self, ref: KeyRef) -> bytes:
-        info = self._entry(ref).info
-        if info.public_key is None:
-            raise KeystoreError(f"key {ref} is {info.kind}, not an EC key pair")
-        return info.public_key
-
-    def certificate(self, ref: KeyRef) -> Certificate:
-        info = self._entry(ref).info
-        if info.certificate is None:
-            raise KeystoreError(f"key {ref} is {info.kind} and has no certificate")
-        return info.certificate
-
-    def kcv(self, ref: KeyRef) -> bytes:
-        info = self._entry(ref).info
-        if info.kcv is None:
-            raise KeystoreError(f"key {ref} is {info.kind}, not an AES key")
-        return info.kcv
-
     def diversify(self, master: KeyRef, purpose: bytes, serial: bytes) -> bytes:
         """The per-card key of :func:`tallypurse.core.crypto.diversify`, computed on the
         token with CKM_AES_CMAC (the master stays inside; the result is returned)."""
@@ -448,43 +402,12 @@ class Pkcs11KeyStore:
                     _fail(f"diversifying with {master}", exc)
         return out[: bits // 8]
 
-    def issue_certificate(
-        self,
-        *,
-        holder: bytes,
-        role: CertRole,
-        public_key: bytes,
-        not_before: int,
-        not_after: int,
-    ) -> Certificate:
-        if role == CertRole.ROOT:
-            raise BadInput("the issuer root certifies only itself; refusing role ROOT")
-        _check_time(not_before, "not_before")
-        _check_time(not_after, "not_after")
-        if not_after < not_before:
-            raise BadInput("not_after is before not_before")
-        crypto.decode_public_key(public_key)
-        if not 1 <= len(holder) <= 32:
-            raise BadInput("holder reference must be 1-32 bytes")
-        root = self.current(ISSUER_ROOT)
-        if not_after > self.certificate(root).not_after:
-            raise BadInput(f"certificate would outlive the issuer root {root}")
-        return cert.issue(
-            self.signer(root),
-            authority=root,
-            holder=holder,
-            role=role,
-            public_key=public_key,
-            not_before=not_before,
-            not_after=not_after,
-        )
-
     def rotate(self, name: str, *, now: int | None = None) -> KeyRef:
         self._check_open()
         if name not in KEY_SPECS:
             raise KeystoreError(f"unknown key {name!r}")
         at = int(time.time()) if now is None else now
-        _check_time(at, "now")
+        check_time(at, "now")
         with self._lock:
             return self._generate(name, at)
 
@@ -495,7 +418,7 @@ class Pkcs11KeyStore:
         self._check_open()
         if name not in KEY_SPECS:
             raise KeystoreError(f"unknown key {name!r}")
-        _check_time(now, "now")
+        check_time(now, "now")
         with self._lock:
             if name in self._current:
                 raise KeystoreError(
@@ -505,7 +428,7 @@ class Pkcs11KeyStore:
             return self._generate(name, now)
 
     def revoke(self, ref: KeyRef, *, now: int) -> None:
-        _check_time(now, "now")
+        check_time(now, "now")
         with self._lock:
             entry = self._entry(ref)
             if entry.info.revoked is not None:
@@ -518,7 +441,7 @@ class Pkcs11KeyStore:
         non-extractable token object (its CKA_ALWAYS_SENSITIVE is false: it was
         outside a token once, in the ceremony)."""
         self._check_open()
-        _check_time(now, "now")
+        check_time(now, "now")
         spec = KEY_SPECS.get(ref.name)
         if spec is None or spec.kind != KeyKind.AES_128:
             raise KeystoreError(f"{ref.name!r} is not an AES master key")
@@ -549,37 +472,7 @@ class Pkcs11KeyStore:
             "before it enters the HSM (split it, then 'keys restore' it into the token)"
         )
 
-    # --- Trust bundle ------------------------------------------------------------------------
-
-    def export_public(self) -> dict[str, Any]:
-        """The public trust bundle, as :meth:`SoftwareKeyStore.export_public` makes it."""
-        from tallypurse.keystore.software import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION
-
-        refs = [r for r in self.refs() if KEY_SPECS[r.name].kind == KeyKind.EC_P256]
-        return {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "issuer_root": str(self.current(ISSUER_ROOT)),
-            "current": {
-                name: str(self.current(name))
-                for name, spec in KEY_SPECS.items()
-                if spec.kind == KeyKind.EC_P256 and name in self._current
-            },
-            "certificates": {str(r): self.certificate(r).encode().hex() for r in refs},
-        }
-
     # --- Internals ---------------------------------------------------------------------------
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise KeystoreError("the keystore is closed")
-
-    def _entry(self, ref: KeyRef) -> _Entry:
-        entry = self._entries.get(ref)
-        if entry is None:
-            self._check_open()
-            raise KeystoreError(f"unknown key {ref}")
-        return entry
 
     def _usable(self, ref: KeyRef, kind: KeyKind) -> _Entry:
         entry = self._entry(ref)
@@ -589,13 +482,6 @@ class Pkcs11KeyStore:
         if entry.info.revoked is not None:
             raise KeystoreError(revoked_error(ref, entry.info.revoked))
         return entry
-
-    def _add(self, entry: _Entry) -> None:
-        ref = entry.info.ref
-        self._entries[ref] = entry
-        cur = self._current.get(ref.name)
-        if cur is None or cur.version < ref.version:
-            self._current[ref.name] = ref
 
     def _aes_template(self, ref: KeyRef) -> dict[Attribute, Any]:
         return {

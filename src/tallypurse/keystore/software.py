@@ -58,7 +58,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.argon2 import Argon2id
 
 from tallypurse.core import cert, crypto
-from tallypurse.core.cert import Certificate, KeyRef, Signer
+from tallypurse.core.cert import KeyRef, Signer
 from tallypurse.core.errors import BadInput, CertificateError, DecodeError, KeystoreError
 from tallypurse.core.protocol import CertRole
 from tallypurse.keystore.base import (
@@ -68,16 +68,18 @@ from tallypurse.keystore.base import (
     ISSUER_ROOT,
     KEY_SPECS,
     MASTER_KEYS,
+    MAX_TIME,
     ROOT_VALIDITY,
+    KeyBook,
     KeyInfo,
     KeyKind,
+    check_time,
+    ref_order,
     revoked_error,
 )
 
 FORMAT = "tallypurse-keystore"
 FORMAT_VERSION = 1
-BUNDLE_FORMAT = "tallypurse-trust-bundle"
-BUNDLE_FORMAT_VERSION = 1
 KEYSTORE_FILE = "keystore.json"
 LOCK_FILE = "keystore.lock"
 KDF_ALGORITHM = "argon2id"
@@ -88,7 +90,6 @@ TAG_LEN = 16
 DERIVED_KEY_LEN = 32
 EC_SCALAR_LEN = 32
 MAX_FILE_SIZE = 16 * 1024 * 1024
-MAX_TIME = 2**32 - 1  # certificates carry 4-byte unix seconds
 
 WRONG_PASSPHRASE = "wrong passphrase or corrupt keystore"
 
@@ -203,11 +204,6 @@ def _derive(passphrase: bytes, salt: bytes, params: KdfParams) -> AESGCM:
     return AESGCM(kdf.derive(passphrase))
 
 
-def _check_time(value: int, what: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIME:
-        raise BadInput(f"{what} must be unix seconds in 0..{MAX_TIME}")
-
-
 def _kdf_header(salt: bytes, params: KdfParams) -> dict[str, Any]:
     return {
         "algorithm": KDF_ALGORITHM,
@@ -251,12 +247,6 @@ def _entry_ad(info: KeyInfo) -> bytes:
     return _canonical(
         {"format": FORMAT, "format_version": FORMAT_VERSION, "entry": _entry_public(info)}
     )
-
-
-def _ref_order(ref: KeyRef) -> tuple[int, str, int]:
-    names = list(KEY_SPECS)
-    index = names.index(ref.name) if ref.name in names else len(names)
-    return (index, ref.name, ref.version)
 
 
 # --- Parsing the file, with messages that say which field is wrong ------------------
@@ -342,7 +332,7 @@ def _read_document(path: Path) -> tuple[dict[str, Any], bytes]:
 # --- The keystore -------------------------------------------------------------------
 
 
-class SoftwareKeyStore:
+class SoftwareKeyStore(KeyBook[_Entry]):
     """The KeyStore protocol over one encrypted ``keystore.json`` file.
 
     Every secret is decrypted when the keystore is opened and kept in memory
@@ -428,7 +418,7 @@ class SoftwareKeyStore:
         problem = params.problem()
         if problem is not None:
             raise BadInput(problem)
-        _check_time(now, "now")
+        check_time(now, "now")
         if now + ROOT_VALIDITY > MAX_TIME:
             raise BadInput("now is too late for a 20-year root certificate")
         secret = _passphrase_bytes(passphrase)
@@ -521,25 +511,6 @@ class SoftwareKeyStore:
 
     # --- The KeyStore protocol ------------------------------------------------------
 
-    def refs(self) -> list[KeyRef]:
-        self._check_open()
-        with self._lock:
-            return sorted(self._entries, key=_ref_order)
-
-    def current(self, name: str) -> KeyRef:
-        with self._lock:
-            ref = self._current.get(name)
-        if ref is None:
-            self._check_open()
-            raise KeystoreError(f"unknown key {name!r}")
-        return ref
-
-    def info(self, ref: KeyRef) -> KeyInfo:
-        return self._entry(ref).info
-
-    def infos(self) -> list[KeyInfo]:
-        return [self.info(ref) for ref in self.refs()]
-
     def sign(self, ref: KeyRef, data: bytes) -> bytes:
         key = self._ec_key(ref)
         self._check_not_revoked(ref)
@@ -550,24 +521,6 @@ class SoftwareKeyStore:
         self._check_not_revoked(ref)
         return _StoreSigner(self, ref)
 
-    def public_key(self, ref: KeyRef) -> bytes:
-        info = self._entry(ref).info
-        if info.public_key is None:
-            raise KeystoreError(f"key {ref} is {info.kind}, not an EC key pair")
-        return info.public_key
-
-    def certificate(self, ref: KeyRef) -> Certificate:
-        info = self._entry(ref).info
-        if info.certificate is None:
-            raise KeystoreError(f"key {ref} is {info.kind} and has no certificate")
-        return info.certificate
-
-    def kcv(self, ref: KeyRef) -> bytes:
-        info = self._entry(ref).info
-        if info.kcv is None:
-            raise KeystoreError(f"key {ref} is {info.kind}, not an AES key")
-        return info.kcv
-
     def diversify(self, master: KeyRef, purpose: bytes, serial: bytes) -> bytes:
         key = self._aes_key(master)
         self._check_not_revoked(master)
@@ -576,44 +529,12 @@ class SoftwareKeyStore:
         except ValueError as exc:
             raise BadInput(f"cannot diversify: {exc}") from None
 
-    def issue_certificate(
-        self,
-        *,
-        holder: bytes,
-        role: CertRole,
-        public_key: bytes,
-        not_before: int,
-        not_after: int,
-    ) -> Certificate:
-        if role == CertRole.ROOT:
-            raise BadInput("the issuer root certifies only itself; refusing role ROOT")
-        _check_time(not_before, "not_before")
-        _check_time(not_after, "not_after")
-        if not_after < not_before:
-            raise BadInput("not_after is before not_before")
-        crypto.decode_public_key(public_key)  # DecodeError (a BadInput) if not a P-256 point
-        if not 1 <= len(holder) <= 32:
-            raise BadInput("holder reference must be 1-32 bytes")
-        root = self.current(ISSUER_ROOT)
-        root_cert = self.certificate(root)
-        if not_after > root_cert.not_after:
-            raise BadInput(f"certificate would outlive the issuer root {root}")
-        return cert.issue(
-            self.signer(root),
-            authority=root,
-            holder=holder,
-            role=role,
-            public_key=public_key,
-            not_before=not_before,
-            not_after=not_after,
-        )
-
     def rotate(self, name: str, *, now: int | None = None) -> KeyRef:
         self._check_open()
         if name not in KEY_SPECS:
             raise KeystoreError(f"unknown key {name!r}")
         at = int(time.time()) if now is None else now
-        _check_time(at, "now")
+        check_time(at, "now")
         with self._lock:
             entry = self._generate(name, at)
             previous = self._current.get(name)
@@ -644,7 +565,7 @@ class SoftwareKeyStore:
 
     def revoke(self, ref: KeyRef, *, now: int) -> None:
         """Mark a key version revoked; it stays listed but no longer signs or diversifies."""
-        _check_time(now, "now")
+        check_time(now, "now")
         with self._lock:
             entry = self._entry(ref)
             if entry.info.revoked is not None:
@@ -668,7 +589,7 @@ class SoftwareKeyStore:
     def import_master(self, ref: KeyRef, key: bytes, *, now: int) -> None:
         """Add an AES master key version restored from custodians' shares."""
         self._check_open()
-        _check_time(now, "now")
+        check_time(now, "now")
         spec = KEY_SPECS.get(ref.name)
         if spec is None or spec.kind != KeyKind.AES_128:
             raise KeystoreError(f"{ref.name!r} is not an AES master key")
@@ -700,40 +621,7 @@ class SoftwareKeyStore:
         """The clear value of an AES master key, for a backup ceremony only."""
         return self._aes_key(ref)
 
-    # --- Trust bundle ---------------------------------------------------------------
-
-    def export_public(self) -> dict[str, Any]:
-        """The public trust bundle for terminals and cards (JSON-ready, hex values).
-
-        ``certificates`` holds every version of the issuer root and of the host
-        keys (so that objects signed before a rotation still verify);
-        ``current`` names the version in use for each of them.
-        """
-        refs = [r for r in self.refs() if KEY_SPECS[r.name].kind == KeyKind.EC_P256]
-        return {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "issuer_root": str(self.current(ISSUER_ROOT)),
-            "current": {
-                name: str(self.current(name))
-                for name, spec in KEY_SPECS.items()
-                if spec.kind == KeyKind.EC_P256
-            },
-            "certificates": {str(r): self.certificate(r).encode().hex() for r in refs},
-        }
-
     # --- Internals --------------------------------------------------------------------
-
-    def _entry(self, ref: KeyRef) -> _Entry:
-        entry = self._entries.get(ref)
-        if entry is None:
-            self._check_open()
-            raise KeystoreError(f"unknown key {ref}")
-        return entry
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise KeystoreError("the keystore is closed")
 
     def _check_not_revoked(self, ref: KeyRef) -> None:
         when = self._entry(ref).info.revoked
@@ -751,13 +639,6 @@ class SoftwareKeyStore:
         if entry._aes is None:
             raise KeystoreError(f"key {ref} is {entry.info.kind}, not an AES master key")
         return entry._aes.reveal()
-
-    def _add(self, entry: _Entry) -> None:
-        ref = entry.info.ref
-        self._entries[ref] = entry
-        cur = self._current.get(ref.name)
-        if cur is None or cur.version < ref.version:
-            self._current[ref.name] = ref
 
     def _generate(self, name: str, now: int) -> _Entry:
         spec = KEY_SPECS[name]
@@ -853,7 +734,7 @@ class SoftwareKeyStore:
             nonce, _canonical({"keys": refs}), _seal_ad(self._salt, self._params)
         )
         keys = []
-        for ref in sorted(self._entries, key=_ref_order):
+        for ref in sorted(self._entries, key=ref_order):
             entry = self._entries[ref]
             keys.append(
                 {
