@@ -360,7 +360,7 @@ class Checks:
         voided = 0
         for r in rows:
             if r.status == "authorised" and r.auth_id not in on_cards:
-                self.host.loads.void(r.auth_id)  # the operator gives the funds back
+                self.host.loads.void(r.auth_id, reason="never on a card", by="simulator")
                 voided += 1
         self.sim.counts["loads.voided_unused"] += voided
         with self.host.uow() as uow:
