@@ -184,6 +184,11 @@ def test_an_operator_finds_an_unconfirmed_load_and_voids_it_back_to_its_source(
     assert world.host.reports.audit()["balanced"] is True
     assert world.http.get("/v1/ops/loads", params={"unconfirmed": "true"},
                           headers=auditor).json() == []
+    [every] = world.http.get("/v1/ops/loads", params={"card_id": card.serial.hex()},
+                             headers=auditor).json()
+    assert (every["load_id"], every["status"], "evidence" in every) == (load_id, "voided", False)
+    assert world.http.get("/v1/ops/loads", params={"card_id": "XYZ"},
+                          headers=auditor).status_code == 422
     with world.host.uow() as uow:
         audit = uow.session.scalars(sa.select(AuditRecord).where(
             AuditRecord.action == "load_void")).one()

@@ -268,7 +268,7 @@ def loads(
     """Loads (newest first), or the unconfirmed ones an operator may have to void."""
     with opened(db, data_dir) as host:
         rows = (host.loads.unconfirmed(card_id=card, older_than_s=older_than, limit=limit)
-                if unconfirmed else host.loads.loads(card_id=card, limit=limit))
+                if unconfirmed else host.loads.recent(card_id=card, limit=limit))
     if as_json:
         echo_json(rows)
         return

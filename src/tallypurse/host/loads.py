@@ -171,7 +171,7 @@ class Loads:
                 stmt = stmt.where(LoadRow.card_id == card_id.lower())
             return [self._view(s, row) for row in s.scalars(stmt)]
 
-    def loads(self, *, card_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
+    def recent(self, *, card_id: str | None = None, limit: int = 100) -> list[dict[str, Any]]:
         """Every load, newest first (the unconfirmed ones with their evidence)."""
         with self.host.db.reader() as s:
             stmt = select(LoadRow).order_by(LoadRow.id.desc()).limit(limit)

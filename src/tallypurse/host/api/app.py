@@ -476,7 +476,7 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         if unconfirmed:
             return host.loads.unconfirmed(card_id=card_id, older_than_s=older_than_s,
                                           limit=limit)
-        return host.loads.loads(card_id=card_id, limit=limit)
+        return host.loads.recent(card_id=card_id, limit=limit)
 
     @app.post("/v1/ops/loads/{load_id}/void", tags=["operator"], responses=problems)
     def load_void(load_id: str, body: S.LoadVoid, who: Operator) -> dict[str, Any]:
