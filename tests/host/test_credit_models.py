@@ -10,7 +10,7 @@ from tallypurse.credit import ModelRegistry
 from tallypurse.credit.scorecard import builtin_scorecard_text, loads_scorecard
 from tallypurse.host.api.auth import create_token
 from tallypurse.host.db.models import AuditRecord
-from tallypurse.host.errors import FORBIDDEN, NOT_FOUND, VALIDATION, HostError
+from tallypurse.host.errors import CONFLICT, FORBIDDEN, NOT_FOUND, VALIDATION, HostError
 
 from .world import World
 
@@ -91,10 +91,15 @@ def test_operators_list_the_models_with_their_metrics_and_promote_one(world: Wor
 def test_a_bad_promotion_gets_a_problem_and_changes_nothing(world: World) -> None:
     registry = file_candidate(world)
     operator = {"Authorization": "Bearer " + create_token(world.host, "operator", name="olga")}
+    (registry.candidates_dir / "broken-1.toml").write_text("[model]\nversion = ")
+    listed = {m["version"]: m for m in world.http.get(
+        "/v1/ops/credit/models", headers=operator).json()["models"]}
+    assert listed["broken-1"]["status"] == "candidate" and listed["broken-1"]["problem"]
     outside = world.host.settings.data_dir / "outside.toml"
     outside.write_text(builtin_scorecard_text().replace('"expert-v1"', '"outside-1"'))
     cases = [
         ("nope-v9", {"reason": "x"}, 404, NOT_FOUND.code),
+        ("broken-1", {"reason": "x"}, 409, CONFLICT.code),  # its file does not load
         ("outside.toml", {"reason": "x"}, 422, VALIDATION.code),  # a version, never a file
         ("-v1", {"reason": "x"}, 422, VALIDATION.code),
         ("fitted-x", {"reason": ""}, 422, VALIDATION.code),
@@ -113,6 +118,7 @@ def test_a_bad_promotion_gets_a_problem_and_changes_nothing(world: World) -> Non
         assert exc.value.what is VALIDATION
     assert registry.current_version() == "expert-v1"
     assert registry.history() == []
-    assert [c.version for c in registry.candidates()] == ["fitted-x"]
+    assert sorted(p.stem for p in registry.candidates_dir.glob("*.toml")) == [
+        "broken-1", "fitted-x"]
     assert registry.promoted() == []
     assert audited(world) == []

@@ -294,7 +294,7 @@ class HostCredit:
         except UnknownModel:
             raise HostError(NOT_FOUND, f"no candidate, promoted or built-in model {version!r}"
                             ) from None
-        except RegistryError as exc:
+        except BadInput as exc:  # the registry refuses, or the model's file does not load
             raise HostError(CONFLICT, exc.message) from None
         with self.host.uow() as uow:
             uow.session.add(AuditRecord(
