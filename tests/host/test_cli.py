@@ -128,6 +128,8 @@ def test_an_operator_lists_unconfirmed_loads_and_voids_one_from_the_command_line
     assert listed.exit_code == 0, listed.output
     [row] = json.loads(listed.output)
     assert (row["load_id"], row["amount"], row["evidence"]) == (load_id, 2_500, "none")
+    bad_card = runner.invoke(app, ["host", "loads", "--card", "xyz", *common], env=env)
+    assert bad_card.exit_code == 2 and "16 hex digits" in bad_card.output
     no_reason = runner.invoke(app, ["host", "load-void", load_id, *common], env=env)
     assert no_reason.exit_code == 2  # --reason is required
     unknown = runner.invoke(app, ["host", "load-void", "00" * 8, "--reason", "x", *common],

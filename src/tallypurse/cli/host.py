@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from string import hexdigits
 from typing import Annotated, Any
 
 import typer
@@ -266,6 +267,8 @@ def loads(
     db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
 ) -> None:
     """Loads (newest first), or the unconfirmed ones an operator may have to void."""
+    if card is not None and not (len(card) == 16 and all(c in hexdigits for c in card)):
+        fail("a card id is 16 hex digits")
     with opened(db, data_dir) as host:
         rows = (host.loads.unconfirmed(card_id=card, older_than_s=older_than, limit=limit)
                 if unconfirmed else host.loads.recent(card_id=card, limit=limit))
@@ -289,7 +292,8 @@ def load_void(
                                                 "`host loads --unconfirmed`).",
                                            show_default=False)],
     reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
-    by: Annotated[str | None, typer.Option(help="Who voids it [login name].")] = None,
+    by: Annotated[str | None, typer.Option(help="Who voids it (default: the login "
+                                                "name).")] = None,
     db: DbOption = None, data_dir: DataDirOption = None, as_json: JsonOption = False,
 ) -> None:
     """Give an unconfirmed load's funds back to the cash drawer or the online account.
