@@ -10,8 +10,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tallypurse.cli.main import app
+from tallypurse.sim import RULES, checks
 from tallypurse.system import demo as demo_module
-from tallypurse.system import invariants
 
 runner = CliRunner()
 
@@ -40,13 +40,32 @@ def test_the_demo_tells_the_whole_story_and_every_rule_holds(tmp_path: Path) -> 
     assert any("SPLIT PURCHASE" in r for r in result["receipts"])
 
 
+def test_the_demo_checks_the_rules_with_the_simulators_checks(tmp_path: Path) -> None:
+    """One implementation of the rules: the demo runs the simulator's checks, which read
+    its cards, its tills and its host."""
+    seen: list[str] = []
+    final = checks.Checks.final
+
+    def spy(self: checks.Checks) -> None:
+        seen.append(type(self.subject).__name__)
+        final(self)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checks.Checks, "final", spy)
+        result = demo_module.run(tmp_path, demo_module.Story(lambda name, text, facts: None))
+    assert seen == ["DemoDay"]
+    assert list(result["invariants"]) == [r for r in RULES if r != "no_internal_errors"]
+    assert "1 copied card(s)" in result["details"]["clones_caught"]
+    assert "3 split debt(s)" in result["details"]["debts_resolved"]
+
+
 def test_the_demo_exits_non_zero_and_names_the_rule_that_failed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    def broken(*args: Any, **kwargs: Any) -> tuple[bool, str]:
-        return False, "planted failure"
+    def broken(self: checks.Checks, *args: Any, **kwargs: Any) -> None:
+        self.fail("no_double_charge", "planted failure")
 
-    monkeypatch.setattr(invariants, "no_double_charge", broken)
+    monkeypatch.setattr(checks.Checks, "nothing_booked_twice", broken)
     result = runner.invoke(app, ["demo", "--json"])
     assert result.exit_code == 1
     data = json.loads(result.stdout)

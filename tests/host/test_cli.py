@@ -17,6 +17,8 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from tallypurse.cli.main import app
+from tallypurse.core.hostapi import LoadRequest
+from tallypurse.core.messages import LoadAuthorisation
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import head_revision
 from tallypurse.host.db.models import Account
@@ -110,3 +112,36 @@ def test_serve_starts_with_no_configuration_and_answers_health(tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_an_operator_lists_unconfirmed_loads_and_voids_one_from_the_command_line(
+        world: World, tmp_path: Path) -> None:
+    assert world.client is not None
+    card = world.card()
+    answer = world.client.load_authorisation(LoadRequest.model_validate({
+        "idempotency_key": "load-cli", "card_id": card.serial.hex(), "load_counter": 0,
+        "card_challenge": "00" * 8, "amount": 2_500, "currency": "EUR", "funding": "cash"}))
+    load_id = LoadAuthorisation.parse(bytes.fromhex(answer.authorisation)).auth_id.hex()
+    common = ["--db", db_url(world.host.db), "--data-dir", str(tmp_path / "ops")]
+    env = {"TALLYPURSE_KEYSTORE_PASSPHRASE": "another passphrase"}
+    listed = runner.invoke(app, ["host", "loads", "--unconfirmed", "--json", *common], env=env)
+    assert listed.exit_code == 0, listed.output
+    [row] = json.loads(listed.output)
+    assert (row["load_id"], row["amount"], row["evidence"]) == (load_id, 2_500, "none")
+    bad_card = runner.invoke(app, ["host", "loads", "--card", "xyz", *common], env=env)
+    assert bad_card.exit_code == 2 and "16 hex digits" in bad_card.output
+    no_reason = runner.invoke(app, ["host", "load-void", load_id, *common], env=env)
+    assert no_reason.exit_code == 2  # --reason is required
+    unknown = runner.invoke(app, ["host", "load-void", "00" * 8, "--reason", "x", *common],
+                            env=env)
+    assert unknown.exit_code == 2 and "no load" in unknown.output
+    assert world.host.reports.reconciliation()["EUR"]["outstanding"]["loads_in_flight"] == 2_500
+    done = runner.invoke(app, ["host", "load-void", load_id, "--reason", "till crashed",
+                               "--by", "olga", *common], env=env)
+    assert done.exit_code == 0, done.output
+    assert f"load {load_id} voided: 25.00" in done.output
+    assert world.host.reports.reconciliation()["EUR"]["outstanding"]["loads_in_flight"] == 0
+    again = runner.invoke(app, ["host", "load-void", load_id, "--reason", "x", *common], env=env)
+    assert again.exit_code == 2 and "voided already" in again.output
+    empty = runner.invoke(app, ["host", "loads", "--unconfirmed", *common], env=env)
+    assert empty.exit_code == 0 and "no unconfirmed load" in empty.output

@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from string import hexdigits
 from typing import Annotated, Any
 
 import typer
@@ -284,6 +285,61 @@ def card_issue(
             card_file.unlink(missing_ok=True)
             raise
     typer.echo(f"card {card_serial.hex()} issued into {card_file}")
+
+
+@app.command("loads")
+def loads(
+    unconfirmed: Annotated[bool, typer.Option(
+        "--unconfirmed", help="Only authorised loads no card event has confirmed (oldest "
+                              "first), with what clearing knows of each.")] = False,
+    card: Annotated[str | None, typer.Option(help="Only this card's loads (16 hex digits).")
+                    ] = None,
+    older_than: Annotated[int, typer.Option(help="With --unconfirmed: authorised at least "
+                                                 "this many seconds ago.", min=0)] = 0,
+    limit: Annotated[int, typer.Option(help="How many.", min=1, max=1000)] = 100,
+    db: DbOption = None, data_dir: DataDirOption = None, keystore: KeystoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Loads (newest first), or the unconfirmed ones an operator may have to void."""
+    if card is not None and not (len(card) == 16 and all(c in hexdigits for c in card)):
+        fail("a card id is 16 hex digits")
+    with opened(db, data_dir, keystore) as host:
+        rows = (host.loads.unconfirmed(card_id=card, older_than_s=older_than, limit=limit)
+                if unconfirmed else host.loads.recent(card_id=card, limit=limit))
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        typer.echo("no unconfirmed load" if unconfirmed else "no load")
+    for r in rows:
+        line = (f"{r['load_id']} card {r['card_id']} {_money(r['amount'], r['currency']):>10} "
+                f"{r['funding']:<14} {r['status']:<10} terminal {r['terminal_id']} "
+                f"age {r['age_s']} s")
+        if "evidence" in r:
+            line += f"  [{r['evidence']}] {r['evidence_detail']}"
+        typer.echo(line)
+
+
+@app.command("load-void")
+def load_void(
+    load_id: Annotated[str, typer.Argument(help="The load's id (16 hex digits, from "
+                                                "`host loads --unconfirmed`).",
+                                           show_default=False)],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit trail).")],
+    by: Annotated[str | None, typer.Option(help="Who voids it (default: the login "
+                                                "name).")] = None,
+    db: DbOption = None, data_dir: DataDirOption = None, keystore: KeystoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Give an unconfirmed load's funds back to the cash drawer or the online account.
+    Refused for a load that is confirmed, seen by clearing, or voided already."""
+    with opened(db, data_dir, keystore) as host:
+        out = host.loads.void(load_id, reason=reason, by=_who(by), source="cli")
+    if as_json:
+        echo_json(out)
+        return
+    typer.echo(f"load {out['load_id']} voided: {_money(out['amount'], out['currency'])} back "
+               f"to {out['refunded_to']} ({out['evidence']}: {out['evidence_detail']})")
 
 
 @app.command()

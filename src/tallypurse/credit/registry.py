@@ -6,19 +6,28 @@ A registry is a directory::
     models/<version>.toml       every scorecard ever promoted (kept, never changed)
     CURRENT                     "<version> <sha256 of its file>": the one in use
     promotions.jsonl            the audit trail: when, who, why, from what, to what
+    .lock                       held while a promotion is written
 
 Nothing is used until it is promoted; with nothing promoted the current model
 is the built-in expert scorecard. Promoting an older version (or
 ``expert-v1``) rolls back to it. The file's hash in CURRENT means that a model
 file edited after its promotion is refused rather than silently used.
+:meth:`ModelRegistry.models` lists every model that can be made current, with
+its status and the held-out metrics its fit recorded. Promotions are
+serialised by a lock file (``.lock``), so two operators promoting at once
+(the CLI and the host's API, or several host workers) each get one whole
+entry in the trail.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +45,17 @@ from tallypurse.credit.scorecard import (
 
 class RegistryError(BadInput):
     """The registry refuses: unknown model, version clash, tampered file."""
+
+
+class UnknownModel(RegistryError):
+    """No candidate, promoted or built-in model has that version."""
+
+
+# What a fitted model's [fit] table says of it (None where a model was not fitted).
+METRICS = {"auc": "test_auc", "gini": "test_gini", "ks": "test_ks",
+           "score_psi": "score_psi_vs_current", "grade_psi": "grade_psi_vs_current",
+           "compared_with": "current_version", "compared_auc": "current_test_auc",
+           "train_rows": "train_rows", "test_rows": "test_rows", "fitted": "created"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,7 +186,52 @@ class ModelRegistry:
                 )
         if model == DEFAULT_MODEL:
             return builtin_scorecard_text(), None
-        raise RegistryError(f"no candidate or promoted model {model!r} in {self.root}")
+        raise UnknownModel(f"no candidate or promoted model {model!r} in {self.root}")
+
+    def models(self) -> list[dict[str, Any]]:
+        """Every model that can be made current: the built-in one, the promoted ones and
+        the candidates, with ``status`` (current, candidate, promoted: an earlier one to
+        roll back to, or built_in), kind, description, the held-out ``metrics`` its fit
+        recorded (AUC, Gini, KS, PSI against the model current when it was fitted; None
+        where unknown) and its last promotion."""
+        current = self.current_version()
+        last: dict[str, Promotion] = {p.version: p for p in self.history()}
+        found: dict[str, tuple[str, Scorecard | None, str]] = {
+            DEFAULT_MODEL: ("built_in", builtin_scorecard(), "")}
+        folders = [(self.models_dir, "promoted"), (self.candidates_dir, "candidate")]
+        for folder, status in folders:
+            for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+                if path.stem in found and found[path.stem][0] != "built_in":
+                    continue  # promoted before: the kept copy is the one that counts
+                try:
+                    sc: Scorecard | None = load_scorecard(path)
+                    problem = ""
+                except BadInput as exc:
+                    sc, problem = None, exc.message
+                found[path.stem] = (status, sc, problem)
+        out = []
+        for version in sorted(found, key=lambda v: (v != current, v)):
+            status, sc, problem = found[version]
+            fit = dict(sc.spec.fit) if sc is not None else {}
+            p = last.get(version)
+            out.append({
+                "version": version, "status": "current" if version == current else status,
+                "kind": sc.spec.kind if sc is not None else None,
+                "description": sc.spec.description if sc is not None else "",
+                "metrics": {k: fit.get(v) for k, v in METRICS.items()},
+                "last_promoted": p.to_dict() if p is not None else None,
+                "problem": problem})
+        return out
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self._ensure()
+        with (self.root / ".lock").open("a") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def promote(self, model: str, *, by: str, reason: str,
                 now: dt.datetime | None = None) -> Promotion:
@@ -175,7 +240,12 @@ class ModelRegistry:
             raise RegistryError("say who promotes (by)")
         text, candidate_path = self._resolve(model)
         scorecard = loads_scorecard(text, model)  # validates
-        self._ensure()
+        with self._locked():
+            return self._promote(text, candidate_path, scorecard, by=by, reason=reason,
+                                 now=now)
+
+    def _promote(self, text: str, candidate_path: Path | None, scorecard: Scorecard, *,
+                 by: str, reason: str, now: dt.datetime | None) -> Promotion:
         version = scorecard.version
         if version == DEFAULT_MODEL and scorecard.spec != builtin_scorecard().spec:
             raise RegistryError(f"this model differs from the built-in {DEFAULT_MODEL}: "

@@ -42,10 +42,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, NamedTuple, cast
+from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import CursorResult, select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -63,7 +63,6 @@ from tallypurse.host.db.models import (
     Card,
     CardEventConflict,
     JournalRecord,
-    LoadRow,
     Terminal,
 )
 from tallypurse.host.errors import (
@@ -462,17 +461,7 @@ class Clearing:
                 self.host.agent.cancel(s, self._card(s, it.card_id), e, it.terminal_id,
                                        it.merchant_id)
             elif e.kind == EventKind.LOAD:
-                done = s.execute(
-                    update(LoadRow).where(LoadRow.card_id == it.card_id,
-                                          LoadRow.auth_id == e.terminal_challenge.hex(),
-                                          LoadRow.status == "authorised")
-                    .values(status="confirmed", confirmed_at=self.host.now()))
-                known = cast(CursorResult[Any], done).rowcount or s.scalar(
-                    select(LoadRow.id).where(LoadRow.auth_id == e.terminal_challenge.hex()))
-                if not known:
-                    s.add(Alert(kind="load_unknown", card_id=it.card_id,
-                                detail=f"load {e.terminal_challenge.hex()} was not authorised "
-                                       "by this host", created=self.host.now()))
+                self.host.loads.seen_on_card(s, it.card_id, e)
                 if e.split:
                     self.host.agent.repaid_by_load(s, self._card(s, it.card_id), e.split)
         return pending

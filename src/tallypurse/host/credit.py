@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +68,7 @@ from tallypurse.credit import (
     load_policy,
 )
 from tallypurse.credit.indicators import DAY, DEFAULT_WINDOW_DAYS
+from tallypurse.credit.registry import RegistryError, UnknownModel
 from tallypurse.host.credit_data import HolderInputs, load_inputs
 from tallypurse.host.db.models import (
     AuditRecord,
@@ -78,10 +80,12 @@ from tallypurse.host.db.models import (
     CreditRecordRow,
     WriteBackAction,
 )
-from tallypurse.host.errors import NOT_FOUND, HostError
+from tallypurse.host.errors import CONFLICT, NOT_FOUND, VALIDATION, HostError
 from tallypurse.host.tsm.personalise import signed_credit_record
 
 from .common import log, log_event
+
+MODEL_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -261,6 +265,49 @@ class HostCredit:
                 "policy_files": [str(folder / "credit-policy-<CUR>.toml"),
                                  str(folder / "credit-policy.toml")],
                 "min_history_days": self.settings.min_history_days}
+
+    def models(self) -> dict[str, Any]:
+        """The registry's models (version, status, held-out metrics, last promotion), the
+        current version and the last promotions."""
+        registry = self.model_registry()
+        try:
+            return {"current": registry.current_version(), "registry": str(registry.root),
+                    "models": registry.models(),
+                    "promotions": [p.to_dict() for p in registry.history()][-20:]}
+        except RegistryError as exc:
+            raise HostError(CONFLICT, f"model registry: {exc.message}") from None
+
+    def promote(self, version: str, *, by: str, reason: str, role: str = "operator",
+                source: str = "") -> dict[str, Any]:
+        """Make a candidate, an earlier model or the built-in one current, as
+        ``tallypurse credit promote VERSION`` does (a version only, never a file); the
+        promotion goes to the registry's trail and to the audit trail. Refused, changing
+        nothing, for a malformed or unknown version or without who and why."""
+        if not MODEL_VERSION.fullmatch(version) or version.endswith(".toml"):
+            raise HostError(VALIDATION, "a model version is 1 to 64 letters, digits, '.', "
+                                        "'-' or '_', not a file name")
+        if not by.strip() or not reason.strip():
+            raise HostError(VALIDATION, "say who promotes the model, and why")
+        try:
+            promotion = self.model_registry().promote(version, by=by.strip()[:100],
+                                                      reason=reason.strip()[:500])
+        except UnknownModel:
+            raise HostError(NOT_FOUND, f"no candidate, promoted or built-in model {version!r}"
+                            ) from None
+        except BadInput as exc:  # the registry refuses, or the model's file does not load
+            raise HostError(CONFLICT, exc.message) from None
+        with self.host.uow() as uow:
+            uow.session.add(AuditRecord(
+                at=self.host.now(), actor=promotion.by[:64], role=role[:16],
+                action="credit_promote", target=promotion.version[:64],
+                reason=promotion.reason, outcome="done",
+                detail=f"{promotion.previous} -> {promotion.version} "
+                       f"(sha256 {promotion.sha256})"[:1000],
+                source=(source or "host credit")[:64]))
+            uow.commit()
+        log_event("credit_model_promoted", version=promotion.version,
+                  previous=promotion.previous, by=promotion.by)
+        return promotion.to_dict()
 
     def overrides(self, *, active_only: bool = True) -> list[dict[str, Any]]:
         """Operator overrides, newest first (by default only those in force now)."""

@@ -1,5 +1,11 @@
 """The system's rules (docs/architecture.md), checked against the cards, terminals and host.
 
+This is the one implementation of the rule checks: the simulator runs them on
+its city, and ``tallypurse demo`` on its day (:mod:`tallypurse.system.invariants`).
+Each gives a :class:`Subject`: the host, the cards as their own APDUs tell them,
+the copied cards, the terminals and their merchants, the online receipts the
+terminals printed, and where a violation goes.
+
 The checks do not take the host's word for anything it could get wrong: each
 card's counters, balance and debt slots are read from the card itself; the
 events the host cleared are re-verified against the card's key and chained
@@ -15,7 +21,8 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from random import Random
+from typing import Protocol
 
 from sqlalchemy import func, select
 
@@ -39,12 +46,11 @@ from tallypurse.host.db.models import (
     WriteBackAction,
 )
 from tallypurse.host.ledger import Kind
+from tallypurse.host.service import Host
 from tallypurse.host.settlement import fee_of
+from tallypurse.terminal.engine import Terminal
 
 from .city import CardPort
-
-if TYPE_CHECKING:
-    from .simulator import Simulation
 
 MAX_VERIFY = 200_000  # card signatures re-verified at the end (beyond: a seeded sample)
 CLEAR_KINDS = ("clear_debit", "clear_cancel", "clear_load")
@@ -73,13 +79,57 @@ def read_card(port: CardPort) -> CardState:
     return CardState(c.balance, c.atc, c.load_counter, slots)
 
 
+@dataclass(frozen=True, slots=True)
+class Copy:
+    """A card whose memory was copied: the original, the copy, and the card's event
+    number when it was copied."""
+
+    card_id: str
+    original: CardPort
+    copy: CardPort
+    seqno: int
+
+
+class Subject(Protocol):
+    """What the checks look at (a simulated city, the demo's day) and where they report."""
+
+    @property
+    def host(self) -> Host: ...
+
+    counts: Counter[str]  # what was checked, for the report
+    rng: Random  # samples the signatures re-verified beyond MAX_VERIFY
+    final_sync_at: int  # when the terminals last synced before the cards' final taps
+    online_receipts: list[tuple[str, str, int]]  # (terminal, auth code, amount) printed
+    clones_seen_detected: set[str]  # cards already reported as wrongly marked cloned
+
+    def violation(self, rule: str, detail: str) -> None: ...
+
+    def cards(self) -> dict[str, CardPort]:
+        """Every card (its original, for a copied one) by card id."""
+        ...
+
+    def copies(self) -> list[Copy]: ...
+
+    def merchants(self) -> list[str]: ...
+
+    def terminals(self) -> dict[str, str]:
+        """Terminal id -> merchant id, for every terminal."""
+        ...
+
+    def terminal(self, terminal_id: str) -> Terminal: ...
+
+    def bank_collections(self) -> list[str] | None:
+        """The debt reference of every direct debit the bank settled (None: not known)."""
+        ...
+
+
 class Checks:
-    def __init__(self, sim: Simulation) -> None:
-        self.sim = sim
-        self.host = sim.host
+    def __init__(self, subject: Subject) -> None:
+        self.subject = subject
+        self.host = subject.host
 
     def fail(self, rule: str, detail: str) -> None:
-        self.sim.violation(rule, detail)
+        self.subject.violation(rule, detail)
 
     # --- every day -------------------------------------------------------------------------------
     def daily(self) -> None:
@@ -103,7 +153,7 @@ class Checks:
             self.fail("no_double_charge", f"ledger {kind} {ref} booked {n} times")
 
     def no_honest_card_cloned(self) -> None:
-        cloned_on_purpose = {p.card_id.hex() for p in self.sim.clones}
+        cloned_on_purpose = {c.card_id for c in self.subject.copies()}
         with self.host.uow() as uow:
             flagged = list(uow.session.scalars(select(Card.card_id).where(
                 Card.status == "cloned")))
@@ -111,7 +161,7 @@ class Checks:
             if cid not in cloned_on_purpose:
                 self.fail("clones_caught", f"card {cid} was never copied, yet the host marked it "
                                            "cloned (a broken balance chain of an honest card)")
-                self.sim.clones_seen_detected.add(cid)
+                self.subject.clones_seen_detected.add(cid)
 
     def settlement_arithmetic(self) -> None:
         with self.host.uow() as uow:
@@ -126,10 +176,9 @@ class Checks:
 
     # --- at the end ----------------------------------------------------------------------------
     def final(self) -> None:
-        sim = self.sim
         self.daily()
-        clone_ids = {p.card_id.hex() for p in sim.clones}
-        cards = {p.card_id.hex(): read_card(p.port) for p in sim.people}
+        clone_ids = {c.card_id for c in self.subject.copies()}
+        cards = {cid: read_card(port) for cid, port in self.subject.cards().items()}
         with self.host.uow() as uow:
             s = uow.session
             events: dict[str, list[CardEventRow]] = defaultdict(list)
@@ -163,7 +212,7 @@ class Checks:
             (ev.card_id, ev.record, ev) for evs in events.values() for ev in evs]
         rows += [(c.card_id, c.record, None) for c in conflicts]
         if len(rows) > MAX_VERIFY:
-            rows = self.sim.rng.sample(rows, MAX_VERIFY)
+            rows = self.subject.rng.sample(rows, MAX_VERIFY)
         bad = 0
         for cid, record, row in rows:
             signed = SignedEvent.parse(bytes.fromhex(record))
@@ -179,7 +228,7 @@ class Checks:
                     self.fail("only_host_creates_value",
                               f"card {cid}: a cleared event does not carry the card's signature "
                               "or differs from it")
-        self.sim.counts["checked.signatures"] += len(rows)
+        self.subject.counts["checked.signatures"] += len(rows)
 
     def card_chains(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
                     host_cards: dict[str, Card], purse_view: dict[str, int],
@@ -228,7 +277,7 @@ class Checks:
                 self.fail("money_conserved", f"card {cid}: the host's purse view is "
                                              f"{purse_view.get(cid, 0)}, the card holds "
                                              f"{card.balance}")
-        self.sim.counts["checked.cards"] += len(cards)
+        self.subject.counts["checked.cards"] += len(cards)
 
     def effects_once(self, events: dict[str, list[CardEventRow]]) -> None:
         """Rule 2: one ledger effect per card event, per debt, per collection, per payout."""
@@ -268,7 +317,7 @@ class Checks:
         if no_payout:
             self.fail("no_double_charge", f"settlements without exactly one payout: "
                                           f"{no_payout[:5]}")
-        bank_refs = Counter(ref for ref, _ in self.sim.bank.settled.values())
+        bank_refs = Counter(self.subject.bank_collections() or ())
         many = [r for r, n in bank_refs.items() if n > 1]
         if many:
             self.fail("no_double_charge", f"the bank collected one debt twice: {many[:3]}")
@@ -276,8 +325,8 @@ class Checks:
     def terminals_hold_nothing(self) -> None:
         """Rule 3: after the final delivery every terminal's journal and outbox are empty
         and the host refused nothing."""
-        for pos in self.sim.poses:
-            t = pos.term()
+        for terminal_id in self.subject.terminals():
+            t = self.subject.terminal(terminal_id)
             problems = []
             if t.journal.open_entries:
                 problems.append(f"{t.journal.open_entries} entries not acknowledged")
@@ -290,14 +339,14 @@ class Checks:
             if t.journal.rejected_entries():
                 problems.append(f"journal entries refused: {t.journal.rejected_entries()[:2]}")
             if problems:
-                self.fail("nothing_lost", f"terminal {pos.terminal_id}: " + "; ".join(problems))
+                self.fail("nothing_lost", f"terminal {terminal_id}: " + "; ".join(problems))
 
     def debts_and_slots(self, cards: dict[str, CardState], debts: list[Debt],
                         clone_ids: set[str]) -> None:
         """Rule 4: no debt is left open; each outcome is on the card."""
         by_card: dict[str, dict[int, Debt]] = defaultdict(dict)
         for d in debts:
-            self.sim.counts[f"debts.{d.status}"] += 1
+            self.subject.counts[f"debts.{d.status}"] += 1
             if d.status in ("open", "bank_pending"):
                 self.fail("debts_resolved", f"debt {d.id} (card {d.card_id}, ATC {d.atc}) is still "
                                             f"{d.status}")
@@ -308,8 +357,9 @@ class Checks:
             uow.session.expunge_all()
         for a in pending:
             if a.card_id not in clone_ids:
-                when = ("at its next tap after the terminal synced"
-                        if a.created <= self.sim.final_sync_at else "after three rounds of taps")
+                synced = a.created <= self.subject.final_sync_at
+                when = ("at its next tap after the terminal synced" if synced
+                        else "after three rounds of taps")
                 self.fail("debts_resolved", f"write-back {a.action_id} ({a.kind}) did not reach "
                                             f"card {a.card_id} {when}")
         for cid, card in cards.items():
@@ -334,9 +384,9 @@ class Checks:
                                                 "never reached the card")
 
     def loads(self, events: dict[str, list[CardEventRow]]) -> None:
-        """Rules 2 and 6: each load on a card was authorised by the host, once; what was
-        authorised and never loaded is voided (the operator's job), and the suspense
-        account is then empty."""
+        """Rules 2 and 6: each load on a card was authorised by the host, once; no voided
+        load is on a card; what was authorised and never loaded was voided (the
+        operator's job, done before these checks), so the suspense account is empty."""
         on_cards: dict[str, tuple[str, int]] = {}
         for cid, evs in events.items():
             for e in evs:
@@ -357,12 +407,10 @@ class Checks:
             elif r.status != "confirmed":
                 self.fail("no_double_charge", f"load {auth} is on card {cid} but the host has "
                                               f"it {r.status}")
-        voided = 0
-        for r in rows:
-            if r.status == "authorised" and r.auth_id not in on_cards:
-                self.host.loads.void(r.auth_id)  # the operator gives the funds back
-                voided += 1
-        self.sim.counts["loads.voided_unused"] += voided
+        left = [r.auth_id for r in rows if r.status == "authorised"]
+        if left:
+            self.fail("only_host_creates_value", f"{len(left)} load authorisations neither on a "
+                                                 f"card nor voided, e.g. {left[:3]}")
         with self.host.uow() as uow:
             suspense = uow.session.scalar(select(func.coalesce(func.sum(Account.balance), 0))
                                           .where(Account.kind == Kind.LOAD_SUSPENSE.value))
@@ -397,8 +445,8 @@ class Checks:
             self.fail("only_host_creates_value",
                       f"the cards' failed debts total {owed_cards}; the host has {owed_host} "
                       "in collection")
-        self.sim.counts["value.on_cards"] = held
-        self.sim.counts["value.in_collection"] = owed_host
+        self.subject.counts["value.on_cards"] = held
+        self.subject.counts["value.in_collection"] = owed_host
 
     def online_once(self) -> None:
         """Rule 2: an online purchase is charged once, exactly when the terminal printed it."""
@@ -407,8 +455,8 @@ class Checks:
                 select(OnlineAuth).where(OnlineAuth.status == "approved"))}
             reversed_ = uow.session.scalar(select(func.count()).select_from(OnlineAuth).where(
                 OnlineAuth.status == "reversed")) or 0
-        printed = {(tid, code) for tid, code, _ in self.sim.online_receipts}
-        if len(printed) != len(self.sim.online_receipts):
+        printed = {(tid, code) for tid, code, _ in self.subject.online_receipts}
+        if len(printed) != len(self.subject.online_receipts):
             self.fail("no_double_charge", "one online authorisation printed twice")
         extra = set(approved) - printed
         if extra:
@@ -418,13 +466,13 @@ class Checks:
         if lost:
             self.fail("merchants_paid_once", f"{len(lost)} printed online payments are not "
                                              f"charged, e.g. {sorted(lost)[:2]}")
-        self.sim.counts["online.reversed"] = int(reversed_)
+        self.subject.counts["online.reversed"] = int(reversed_)
 
     def merchants(self, events: dict[str, list[CardEventRow]],
                   conflicts: list[CardEventConflict]) -> None:
         """Rule 7: each merchant was paid, once, what the cards signed at its terminals and
         what its online receipts say, less its fees; nothing is left owed."""
-        shop_of = {pos.terminal_id: pos.shop.merchant_id for pos in self.sim.poses}
+        shop_of = self.subject.terminals()
         expected: Counter[str] = Counter()
         for evs in events.values():
             for e in evs:
@@ -438,7 +486,7 @@ class Checks:
                 expected[shop_of[c.terminal_id]] += clone.amount
             elif clone.kind == EventKind.CANCEL:
                 expected[shop_of[c.terminal_id]] -= clone.amount
-        for tid, _, amount in self.sim.online_receipts:
+        for tid, _, amount in self.subject.online_receipts:
             expected[shop_of[tid]] += amount
         with self.host.uow() as uow:
             s = uow.session
@@ -456,8 +504,7 @@ class Checks:
                                .where(LedgerTransaction.kind == "settlement_payout",
                                       Posting.amount < 0)) or 0
             nets = s.scalar(select(func.coalesce(func.sum(Settlement.net), 0))) or 0
-        for shop in self.sim.shops:
-            mid = shop.merchant_id
+        for mid in self.subject.merchants():
             if int(gross.get(mid, 0)) != expected.get(mid, 0):
                 self.fail("merchants_paid_once", f"merchant {mid} was settled {gross.get(mid, 0)}"
                                                  f" for sales of {expected.get(mid, 0)}")
@@ -469,21 +516,20 @@ class Checks:
         if -int(payouts) != int(nets):
             self.fail("merchants_paid_once", f"payouts {-int(payouts)} differ from the "
                                              f"settlements' net {nets}")
-        self.sim.counts["merchants.gross"] = sum(int(v) for v in gross.values())
+        self.subject.counts["merchants.gross"] = sum(int(v) for v in gross.values())
 
     def clones(self, host_cards: dict[str, Card]) -> None:
         """Rule 5 at the end: every copy that was spent beside its original is caught."""
-        for p in self.sim.clones:
-            assert p.clone is not None
-            original, copy = read_card(p.port), read_card(p.clone)
-            cid = p.card_id.hex()
-            if original.seqno <= p.clone_seqno or copy.seqno <= p.clone_seqno:
-                self.sim.counts["clones.not_spent_both"] += 1
+        for c in self.subject.copies():
+            original, copy = read_card(c.original), read_card(c.copy)
+            cid = c.card_id
+            if original.seqno <= c.seqno or copy.seqno <= c.seqno:
+                self.subject.counts["clones.not_spent_both"] += 1
                 continue
-            self.sim.counts["clones.injected"] += 1
+            self.subject.counts["clones.injected"] += 1
             hc = host_cards[cid]
             if hc.status == "cloned" and hc.blacklisted:
-                self.sim.counts["clones.detected"] += 1
+                self.subject.counts["clones.detected"] += 1
             else:
                 self.fail("clones_caught", f"card {cid} was copied and both copies were spent; "
                                            f"the host has it {hc.status}, blacklisted "
@@ -494,8 +540,8 @@ class Checks:
             kinds = uow.session.execute(select(Alert.kind, func.count()).group_by(
                 Alert.kind)).all()
         for kind, n in kinds:
-            self.sim.counts[f"alerts.{kind}"] = int(n)
+            self.subject.counts[f"alerts.{kind}"] = int(n)
             if kind in ("totals_mismatch", "journal_chain"):
                 self.fail("nothing_lost", f"{n} {kind} alert(s) at the host")
-            elif kind in ("record_invalid", "load_unknown"):
+            elif kind in ("record_invalid", "load_unknown", "load_void_reversed"):
                 self.fail("only_host_creates_value", f"{n} {kind} alert(s) at the host")

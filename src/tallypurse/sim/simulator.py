@@ -54,6 +54,7 @@ from tallypurse.terminal.journal import SimulatedCrash
 from tallypurse.terminal.reader import InProcessReader
 
 from .bank import SimBank
+from .checks import Copy
 from .city import (
     SAM_PASSPHRASE,
     TRADES,
@@ -159,6 +160,26 @@ class Simulation:
     def host(self) -> Host:
         assert self._host is not None
         return self._host
+
+    # --- what the rule checks look at (sim.checks.Subject) --------------------------------------
+    def cards(self) -> dict[str, CardPort]:
+        return {p.card_id.hex(): p.port for p in self.people}
+
+    def copies(self) -> list[Copy]:
+        return [Copy(p.card_id.hex(), p.port, p.clone, p.clone_seqno)
+                for p in self.clones if p.clone is not None]
+
+    def merchants(self) -> list[str]:
+        return [s.merchant_id for s in self.shops]
+
+    def terminals(self) -> dict[str, str]:
+        return {pos.terminal_id: pos.shop.merchant_id for pos in self.poses}
+
+    def terminal(self, terminal_id: str) -> Terminal:
+        return next(pos for pos in self.poses if pos.terminal_id == terminal_id).term()
+
+    def bank_collections(self) -> list[str]:
+        return [ref for ref, _ in self.bank.settled.values()]
 
     def _open_host(self) -> Host:
         self._db = Database.connect(self.db_url, schema=self.cfg.db_schema)
@@ -708,6 +729,16 @@ class Simulation:
             if not tapping:
                 break
         self.counts["settlements"] += len(self.host.settlement.run(_day(self.now() + 2 * DAY)))
+        self.void_unconfirmed_loads()
+
+    def void_unconfirmed_loads(self) -> None:
+        """The operator's last job: every batch is in, so a load no card event confirmed
+        never reached its card; its funds go back where they came from."""
+        while unconfirmed := self.host.loads.unconfirmed(limit=1000):
+            for load in unconfirmed:
+                self.host.loads.void(load["load_id"], reason="no card event after the "
+                                     "settle-up", by="simulator")
+                self.counts[f"loads.voided_{load['evidence']}"] += 1
 
     def final_tap(self, p: Person, round_: int) -> None:
         pos = self.poses[p.haunts[0]]

@@ -465,6 +465,38 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
     def actor(who: Principal) -> str:
         return who.name or f"{who.role.value} token"
 
+    # --- loads (tallypurse.host.loads) ------------------------------------------------------------
+    @app.get("/v1/ops/loads", tags=["operator"], responses=problems)
+    def loads(_: Reader, unconfirmed: bool = False,
+              card_id: Annotated[str | None, Query(pattern="^[0-9a-f]{16}$")] = None,
+              older_than_s: Annotated[int, Query(ge=0, le=10**9)] = 0,
+              limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+        """Loads, newest first; ``unconfirmed``: the authorised loads no card event has
+        confirmed, oldest first, with what clearing knows of each (``evidence``)."""
+        if unconfirmed:
+            return host.loads.unconfirmed(card_id=card_id, older_than_s=older_than_s,
+                                          limit=limit)
+        return host.loads.recent(card_id=card_id, limit=limit)
+
+    @app.post("/v1/ops/loads/{load_id}/void", tags=["operator"], responses=problems)
+    def load_void(load_id: str, body: S.LoadVoid, who: Operator) -> dict[str, Any]:
+        """Give an unconfirmed load's funds back (who and why go to the audit trail)."""
+        return host.loads.void(load_id, reason=body.reason, by=actor(who),
+                               role=who.role.value, source="api")
+
+    # (before /v1/ops/credit/{ref}, which would otherwise take "models" for a reference)
+    @app.get("/v1/ops/credit/models", tags=["credit"], responses=problems)
+    def credit_models(_: Operator) -> dict[str, Any]:
+        """The model registry: each model's version, status (current, candidate,
+        promoted, built_in), held-out metrics (AUC, Gini, KS, PSI) and last promotion."""
+        return host.credit.models()
+
+    @app.post("/v1/ops/credit/models/{version}/promote", tags=["credit"], responses=problems)
+    def credit_promote(version: str, body: S.ModelPromotion, who: Operator) -> dict[str, Any]:
+        """Make a model current (the token's name is who; the reason is why)."""
+        return host.credit.promote(version, by=actor(who), reason=body.reason,
+                                   role=who.role.value, source="api")
+
     @app.get("/v1/ops/credit/{ref}", tags=["credit"], responses=problems)
     def credit_explain(ref: str, _: Reader) -> dict[str, Any]:
         """Score, grade, indicators with their points, reason codes, model version,

@@ -136,3 +136,11 @@ class CreditOverrideSet(Body):
 
 class CreditOverrideClear(Body):
     reason: Reason
+
+
+class LoadVoid(Body):
+    reason: Reason
+
+
+class ModelPromotion(Body):
+    reason: Reason
