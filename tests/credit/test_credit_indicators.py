@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tallypurse.core.errors import BadInput
+from tallypurse.core.protocol import (
+    CVR_DEBT_NEAR_LIMIT,
+    CVR_DEBT_OUTSTANDING,
+    CVR_DEFINED,
+    CVR_FAILED_DEBT,
+    CVR_LOW_BALANCE,
+    CVR_OFFLINE_AMOUNT,
+    CVR_OFFLINE_COUNT,
+    CVR_RECORD_AGED,
+    CVR_SPLIT,
+)
 from tallypurse.credit.indicators import (
     DAY,
     WEEK,
@@ -18,17 +29,6 @@ from tallypurse.credit.indicators import (
     TopUp,
     compute_indicators,
     evaluate_cvr,
-)
-from tallypurse.core.protocol import (
-    CVR_DEBT_NEAR_LIMIT,
-    CVR_DEBT_OUTSTANDING,
-    CVR_DEFINED,
-    CVR_FAILED_DEBT,
-    CVR_LOW_BALANCE,
-    CVR_OFFLINE_AMOUNT,
-    CVR_OFFLINE_COUNT,
-    CVR_RECORD_AGED,
-    CVR_SPLIT,
 )
 
 T0 = 1_767_225_600  # 2026-01-01
