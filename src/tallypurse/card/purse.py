@@ -247,7 +247,7 @@ class PurseApplet(Applet):
     def _sign_event(self, event: CardEvent) -> SignedEvent:
         return SignedEvent(event, crypto.sign(self._signing_key(), event.signed_data()))
 
-    # --- card verification results (docs/protocol.md 11.4) --------------------------------
+    # --- card verification results (docs/protocol.md 11.11) --------------------------------
     def _offline(self) -> tuple[int, int]:
         """(debits, their purse and split total) since the last host contact: the last
         committed CREDIT or applied WRITE-BACK. Each saturates at FFFFFFFF."""

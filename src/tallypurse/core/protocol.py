@@ -144,7 +144,7 @@ FLAG_HAS_CREDIT = 0x04
 FLAG_FAILED_DEBT = 0x08
 
 # Card verification results (CardEvent.cvr): the purse's own evaluation of each
-# balance-changing event, signed in the TAC. docs/protocol.md section 11.4.
+# balance-changing event, signed in the TAC. docs/protocol.md section 11.11.
 CVR_SPLIT = 0x0001  # this debit took credit (split > 0)
 CVR_DEBT_OUTSTANDING = 0x0002  # after the event a debt slot is PENDING or FAILED
 CVR_DEBT_NEAR_LIMIT = 0x0004  # outstanding debt >= 80 % of the record's maximum, or no free slot

@@ -37,7 +37,7 @@ DEFAULT_WINDOW_DAYS = 182  # behaviour indicators look back 26 weeks (or the ten
 EVALUATION_DAYS = 90  # the card's evaluation: mean over the last 90 days of purchases
 
 # What each adverse finding of the card (its card verification results, signed in
-# every event; docs/protocol.md 11.4) costs a purchase's evaluation, out of 100.
+# every event; docs/protocol.md 11.11) costs a purchase's evaluation, out of 100.
 CVR_WEIGHTS: dict[int, int] = {
     CVR_SPLIT: 25,  # paid partly on credit
     CVR_DEBT_OUTSTANDING: 10,  # a split debt not yet settled
