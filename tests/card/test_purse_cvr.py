@@ -24,10 +24,11 @@ from tallypurse.core.protocol import (
     CVR_SPLIT,
     EventKind,
     TxType,
+    WriteBackAction,
 )
 from tallypurse.core.purse_client import PurseClient
 from tallypurse.core.transport import ApduClient
-from tallypurse.host.tsm.personalise import PursePolicy
+from tallypurse.host.tsm.personalise import PursePolicy, signed_credit_record
 from tallypurse.lab import Lab
 from tallypurse.sam import Sam
 
@@ -168,3 +169,21 @@ def test_low_balance_means_the_purse_could_not_pay_the_same_again(
 ) -> None:
     lab.load(card, 5_000)
     assert lab.purchase(card, sam, amount).result.cvr == (CVR_LOW_BALANCE if low else 0)
+
+
+def test_the_same_write_back_answered_again_is_no_new_host_contact(
+    lab: Lab, card: Card, sam: Sam
+) -> None:
+    lab.load(card, 10_000)
+    card_id = PurseClient(ApduClient(card)).select().card_id
+    record = lab.credit_record(card_id, version=2)
+    first = lab.new_credit_record(card, record)
+    for _ in range(CVR_OFFLINE_COUNT_LIMIT - 1):
+        assert lab.purchase(card, sam, 10).result.cvr == 0
+    purse = PurseClient(ApduClient(card))
+    purse.select()
+    # the terminal lost the answer and sends the same write-back: the stored receipt
+    resent = lab.seal_writeback(card_id, WriteBackAction.CREDIT_RECORD,
+                                signed_credit_record(lab.keystore, record), seq=first.seq)
+    assert purse.write_back(resent)[0] == first
+    assert lab.purchase(card, sam, 10).result.cvr == CVR_OFFLINE_COUNT
