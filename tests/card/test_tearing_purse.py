@@ -133,7 +133,7 @@ def order_apdu(
 def debit_case(lab: Lab, card: Card, sam: Sam) -> Case:
     lab.load(card, 5_000)
     raw = order_apdu(lab, card, sam, DebitOrder, Ins.DEBIT, 1_000)
-    return Case(card, purchase_setup(sam), raw, check_proof(9))
+    return Case(card, purchase_setup(sam), raw, check_proof(11))
 
 
 def split_debit_case(lab: Lab, card: Card, sam: Sam) -> Case:
@@ -141,7 +141,7 @@ def split_debit_case(lab: Lab, card: Card, sam: Sam) -> Case:
     raw = order_apdu(lab, card, sam, DebitOrder, Ins.DEBIT, 1_000, 500, TxType.CANTEEN)
 
     def check(card: Card, answer: bytes) -> None:
-        check_proof(9)(card, answer)
+        check_proof(11)(card, answer)
         slot = purse_of(card).debts()[answer[8]]
         assert (slot.state, slot.ref, slot.amount) == (DebtState.PENDING, 1, 500)
 
@@ -152,7 +152,7 @@ def cancel_case(lab: Lab, card: Card, sam: Sam) -> Case:
     lab.load(card, 1_000)
     lab.purchase(card, sam, 400)
     raw = order_apdu(lab, card, sam, CancelOrder, Ins.CANCEL_LAST_DEBIT, 400)
-    return Case(card, purchase_setup(sam), raw, check_proof(8))
+    return Case(card, purchase_setup(sam), raw, check_proof(10))
 
 
 def cancel_split_case(lab: Lab, card: Card, sam: Sam) -> Case:
@@ -161,7 +161,7 @@ def cancel_split_case(lab: Lab, card: Card, sam: Sam) -> Case:
     raw = order_apdu(lab, card, sam, CancelOrder, Ins.CANCEL_LAST_DEBIT, 300, 700, TxType.CANTEEN)
 
     def check(card: Card, answer: bytes) -> None:
-        check_proof(8)(card, answer)
+        check_proof(10)(card, answer)
         assert all(s.state == DebtState.FREE for s in purse_of(card).debts())
 
     return Case(card, purchase_setup(sam), raw, check)

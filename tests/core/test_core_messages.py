@@ -55,6 +55,7 @@ EVENT = CardEvent(
     b"C" * 8,
     b"T" * 8,
     0xFF,
+    0x0081,
 )
 
 SAMPLES: dict[type[Layout], Layout] = {
@@ -107,7 +108,7 @@ def test_messages_every_layout_round_trips_through_to_bytes_and_parse(cls: type[
     [
         (DebitOrder, 55),
         (CancelOrder, 55),
-        (CardEvent, 69),
+        (CardEvent, 71),
         (LoadAuthorisation, 38),
         (OnlineRequest, 47),
         (CreditRecord, 41),
@@ -123,7 +124,7 @@ def test_messages_layouts_have_their_documented_sizes(cls: type[Layout], size: i
 
 
 def test_messages_derived_record_lengths() -> None:
-    assert messages.EVENT_RECORD_LEN == 69 + 64
+    assert messages.EVENT_RECORD_LEN == 71 + 64
     assert messages.SIGNED_CREDIT_RECORD_LEN == 41 + 64
     assert DebtSlot.size() == 9
 
@@ -247,7 +248,7 @@ def test_messages_to_bytes_refuses_an_integer_out_of_range() -> None:
         DebtOutcome(-1, 0).to_bytes()
 
 
-@given(st.binary(min_size=69, max_size=69))
+@given(st.binary(min_size=71, max_size=71))
 def test_messages_card_event_parse_of_random_bytes_raises_only_decode_error(raw: bytes) -> None:
     try:
         event = CardEvent.parse(raw)
@@ -277,6 +278,21 @@ def test_messages_signed_event_refuses_another_key_a_changed_event_or_a_bad_tac(
     assert not SignedEvent(changed, tac).verify(CARD_PUB)
     assert not SignedEvent(EVENT, tac[:-1] + bytes([tac[-1] ^ 1])).verify(CARD_PUB)
     assert not SignedEvent(EVENT, b"\x00" * 64).verify(CARD_PUB)
+
+
+def test_messages_card_verification_results_are_the_last_two_bytes_and_covered_by_the_tac() -> None:
+    se = SignedEvent(EVENT, crypto.sign(CARD_KEY, EVENT.signed_data()))
+    raw = se.to_bytes()
+    size = CardEvent.size()
+    assert raw[size - 2:size] == bytes.fromhex("0081")  # cvr, big-endian, just before the TAC
+    for offset in (size - 2, size - 1):
+        for bit in range(8):
+            forged = bytearray(raw)
+            forged[offset] ^= 1 << bit  # a flag set or cleared after the card signed
+            parsed = SignedEvent.parse(bytes(forged))
+            assert parsed.event.cvr != EVENT.cvr
+            assert not parsed.verify(CARD_PUB)
+    assert SignedEvent.parse(raw).verify(CARD_PUB)
 
 
 def test_messages_signed_event_does_not_verify_a_signature_over_the_bare_layout() -> None:

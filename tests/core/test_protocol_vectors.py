@@ -39,6 +39,9 @@ from tallypurse.core.messages import (
     WriteBackReceipt,
 )
 from tallypurse.core.protocol import (
+    CVR_DEBT_OUTSTANDING,
+    CVR_LOW_BALANCE,
+    CVR_SPLIT,
     OPERATOR_SD_AID,
     SD_MODULE_AID,
     SD_PACKAGE_AID,
@@ -445,13 +448,17 @@ def test_s13_trace_signatures() -> None:
         assert crypto.verify(b(keys["terminal"]["public_key"]), debit_cmd.data[55:],
                              order.signed_data())
         assert order.card_challenge == session[0xC6]
-        atc, after, slot = struct.unpack(">IIB", debit_resp.data[:9])
+        atc, after, slot, cvr = struct.unpack(">IIBH", debit_resp.data[:11])
         event = CardEvent(1, order.card_id, atc, int.from_bytes(session[0xC3], "big"),
                           order.amount, order.split, order.currency, order.tx_type,
                           int.from_bytes(session[0xC4], "big"), after, order.terminal_id,
                           order.terminal_seq, order.time, order.card_challenge,
-                          order.terminal_challenge, slot)
-        assert SignedEvent(event, debit_resp.data[9:]).verify(card_pub)
+                          order.terminal_challenge, slot, cvr)
+        assert SignedEvent(event, debit_resp.data[11:]).verify(card_pub)
+        # 13: the 12.50 purchase leaves 37.50, enough to pay it again: no finding; the split
+        # takes credit, leaves a debt and an empty purse.
+        expected = 0 if prefix == "purchase" else CVR_SPLIT | CVR_DEBT_OUTSTANDING | CVR_LOW_BALANCE
+        assert cvr == expected
     _, proof = _step(v, "purchase: GET TRANSACTION PROOF")
     _, record = _step(v, "purchase: READ RECORD 1")
     assert proof.data == record.data and SignedEvent.parse(proof.data).verify(card_pub)

@@ -5,6 +5,17 @@ from __future__ import annotations
 import pytest
 
 from tallypurse.core.errors import BadInput
+from tallypurse.core.protocol import (
+    CVR_DEBT_NEAR_LIMIT,
+    CVR_DEBT_OUTSTANDING,
+    CVR_DEFINED,
+    CVR_FAILED_DEBT,
+    CVR_LOW_BALANCE,
+    CVR_OFFLINE_AMOUNT,
+    CVR_OFFLINE_COUNT,
+    CVR_RECORD_AGED,
+    CVR_SPLIT,
+)
 from tallypurse.credit.indicators import (
     DAY,
     WEEK,
@@ -17,6 +28,7 @@ from tallypurse.credit.indicators import (
     Tap,
     TopUp,
     compute_indicators,
+    evaluate_cvr,
 )
 
 T0 = 1_767_225_600  # 2026-01-01
@@ -87,6 +99,42 @@ def test_events_on_the_opening_day_count_for_a_short_tenure() -> None:
                              taps=[Tap(T0, 100), Tap(T0 + 13 * DAY, 100)])
     assert ind.avg_topup_minor == 5000 and ind.topup_regularity == 1.0
     assert ind.taps_per_week == 1.0 and ind.activity_regularity == 1.0
+
+
+def test_an_event_evaluation_is_100_minus_the_weights_of_its_adverse_findings() -> None:
+    assert evaluate_cvr(0) == 100
+    assert evaluate_cvr(CVR_SPLIT) == 75
+    assert evaluate_cvr(CVR_SPLIT | CVR_DEBT_OUTSTANDING | CVR_LOW_BALANCE) == 60
+    assert evaluate_cvr(CVR_DEBT_OUTSTANDING | CVR_FAILED_DEBT) == 60
+    assert evaluate_cvr(CVR_DEBT_NEAR_LIMIT) == 85
+    assert evaluate_cvr(CVR_OFFLINE_COUNT | CVR_OFFLINE_AMOUNT | CVR_RECORD_AGED) == 85
+    assert evaluate_cvr(CVR_DEFINED) == 0  # every finding at once
+    assert evaluate_cvr(0xFF00) == 100  # bits the card does not define cost nothing
+
+
+def test_the_card_evaluation_is_the_rounded_mean_of_the_last_90_days() -> None:
+    evals = [CardEvaluation(AS_OF - 90 * DAY, 0),  # just outside the window
+             CardEvaluation(AS_OF - 89 * DAY, 100), CardEvaluation(AS_OF - DAY, 60),
+             CardEvaluation(AS_OF, 75), CardEvaluation(AS_OF + 1, 0)]  # after as_of
+    assert compute_indicators(as_of=AS_OF, opened_at=T0, evaluations=evals).card_evaluation == 78
+    # 235 / 3 = 78.33; half rounds up: (100 + 75) / 2 = 87.5 -> 88
+    two = [CardEvaluation(AS_OF - DAY, 100), CardEvaluation(AS_OF, 75)]
+    assert compute_indicators(as_of=AS_OF, opened_at=T0, evaluations=two).card_evaluation == 88
+    # nothing in the last 90 days: missing, whatever came before
+    old = [CardEvaluation(AS_OF - 100 * DAY, 100)]
+    assert compute_indicators(as_of=AS_OF, opened_at=T0, evaluations=old).card_evaluation is None
+
+
+def test_a_card_paying_on_credit_repeatedly_is_evaluated_lower() -> None:
+    days = range(1, 60, 2)
+    plain = [CardEvaluation.of_event(AS_OF - d * DAY, 0) for d in days]
+    on_credit = [CardEvaluation.of_event(AS_OF - d * DAY, CVR_SPLIT | CVR_DEBT_OUTSTANDING
+                                         | CVR_LOW_BALANCE if d % 3 else CVR_DEBT_OUTSTANDING)
+                 for d in days]
+    good = compute_indicators(as_of=AS_OF, opened_at=T0, evaluations=plain).card_evaluation
+    worse = compute_indicators(as_of=AS_OF, opened_at=T0, evaluations=on_credit).card_evaluation
+    assert good == 100
+    assert worse is not None and worse < 75
 
 
 def test_compute_refuses_an_account_opened_after_as_of() -> None:

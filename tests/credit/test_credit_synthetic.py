@@ -24,7 +24,7 @@ def test_a_seed_gives_a_fixed_first_cardholder() -> None:
     assert first.reliability == pytest.approx(1.28818475)
     ind = first.row.indicators
     assert (ind.tenure_days, ind.taps_per_week, ind.avg_online_balance_minor) == (1144, 3.82, 32497)
-    assert (ind.splits_taken, ind.splits_settled_online, ind.card_evaluation) == (1, 1, 79)
+    assert (ind.splits_taken, ind.splits_settled_online, ind.card_evaluation) == (1, 1, 98)
     assert first.row.default is False
 
 
@@ -44,3 +44,18 @@ def test_synthetic_history_round_trips_through_csv_and_json_lines(tmp_path: Path
     path = tmp_path / name
     assert write_history(path, rows) == 200
     assert read_history(path) == rows
+
+
+def test_synthetic_card_evaluations_are_lower_for_cardholders_who_live_on_credit() -> None:
+    people = [p for p in synthetic.cardholders(2000, seed=3)
+              if p.row.indicators.card_evaluation is not None]
+    evaluations = [p.row.indicators.card_evaluation or 0 for p in people]
+    assert all(0 <= e <= 100 for e in evaluations)
+    heavy = [e for p, e in zip(people, evaluations, strict=True)
+             if p.row.indicators.splits_taken >= 5]
+    none = [e for p, e in zip(people, evaluations, strict=True)
+            if p.row.indicators.splits_taken == 0]
+    assert heavy and none
+    assert sum(heavy) / len(heavy) < sum(none) / len(none)
+    # and the evaluation carries the planted relationship
+    assert metrics.auc(evaluations, [int(p.row.default) for p in people]) > 0.6

@@ -49,9 +49,12 @@ def test_indicators_come_from_cleared_events_the_ledger_and_the_debts(world: Wor
     assert [(b.at, b.purse_minor, b.online_minor) for b in got.balances] == [
         (now, 0, 4_700), (day1, 1_500, 5_000), (opened, 0, 5_000)]
 
+    # the card's own evaluation of each cleared purchase: the first found nothing; the
+    # split took credit, left a debt and an empty purse (100 - 25 - 10 - 5)
+    assert sorted((e.at, e.value) for e in got.evaluations) == [(day1, 100), (now, 60)]
     ind = got.indicators(now)
     assert (ind.tenure_days, ind.splits_taken, ind.splits_settled_online) == (2, 1, 1)
-    assert (ind.splits_failed, ind.blacklist_history, ind.card_evaluation) == (0, 1, None)
+    assert (ind.splits_failed, ind.blacklist_history, ind.card_evaluation) == (0, 1, 80)
     assert ind.avg_online_balance_minor == (4_700 + 5_000 + 5_000) // 3
     assert ind.bank_account_verified is True
 
@@ -59,6 +62,7 @@ def test_indicators_come_from_cleared_events_the_ledger_and_the_debts(world: Wor
     # still in the future
     assert [t.amount_minor for t in before.taps] == [500]
     assert (before.debts, before.blacklist) == ([], [])
+    assert before.indicators(day1).card_evaluation == 100
     assert [(b.purse_minor, b.online_minor) for b in before.balances] == [(1_500, 5_000),
                                                                             (0, 5_000)]
 

@@ -202,7 +202,7 @@ def _event() -> CardEvent:
         kind=EventKind.DEBIT, card_id=CARD_ID, atc=8, load_counter=1, amount=1250, split=0,
         currency=156, tx_type=1, balance_before=5000, balance_after=3750,
         terminal_id=TERMINAL_ID, terminal_seq=42, time=NOW,
-        card_challenge=b"\x01" * 8, terminal_challenge=b"\x02" * 8, debt_slot=0xFF,
+        card_challenge=b"\x01" * 8, terminal_challenge=b"\x02" * 8, debt_slot=0xFF, cvr=0,
     )
 
 

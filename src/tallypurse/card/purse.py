@@ -36,6 +36,17 @@ from tallypurse.core.messages import (
 )
 from tallypurse.core.protocol import (
     CLA_PROPRIETARY,
+    CVR_DEBT_NEAR_LIMIT,
+    CVR_DEBT_OUTSTANDING,
+    CVR_FAILED_DEBT,
+    CVR_LOW_BALANCE,
+    CVR_NEAR_LIMIT_PERCENT,
+    CVR_OFFLINE_AMOUNT,
+    CVR_OFFLINE_COUNT,
+    CVR_OFFLINE_COUNT_LIMIT,
+    CVR_RECORD_AGE_LIMIT,
+    CVR_RECORD_AGED,
+    CVR_SPLIT,
     DATA_BALANCE,
     DATA_CARD,
     DATA_CERTIFICATE,
@@ -86,6 +97,7 @@ NO_SLOT = 0xFF
 
 _CFG = struct.Struct(">8sHIIIHB")
 _CTR = struct.Struct(">IIIIIIBB")
+_OFFLINE = struct.Struct(">II")  # debits, and their total, since the last host contact
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +246,57 @@ class PurseApplet(Applet):
 
     def _sign_event(self, event: CardEvent) -> SignedEvent:
         return SignedEvent(event, crypto.sign(self._signing_key(), event.signed_data()))
+
+    # --- card verification results (docs/protocol.md 11.11) --------------------------------
+    def _offline(self) -> tuple[int, int]:
+        """(debits, their purse and split total) since the last host contact: the last
+        committed CREDIT or applied WRITE-BACK. Each saturates at FFFFFFFF."""
+        raw = self.ctx.store.get("ofl")
+        if raw is None:
+            return 0, 0
+        count, total = _OFFLINE.unpack(raw)
+        return count, total
+
+    def _put_offline(self, count: int, total: int) -> None:
+        if count == 0 and total == 0:
+            self.ctx.store.delete("ofl")
+        else:
+            self.ctx.store.put("ofl", _OFFLINE.pack(min(count, U32), min(total, U32)))
+
+    def _cvr(self, cfg: Config, slots: list[DebtSlot], *, time: int, offline: tuple[int, int],
+             debit: DebitOrder | None = None, balance_after: int = 0) -> int:
+        """The card's evaluation of an event, from the state after it: ``slots`` and
+        ``offline`` as they stand after the event, ``time`` the event's time; for a
+        DEBIT its order and the balance it leaves."""
+        cvr = 0
+        if debit is not None:
+            if debit.split:
+                cvr |= CVR_SPLIT
+            if balance_after < debit.amount + debit.split:
+                cvr |= CVR_LOW_BALANCE
+        used = [s for s in slots if s.state != DebtState.FREE]
+        if used:
+            cvr |= CVR_DEBT_OUTSTANDING
+        if any(s.state == DebtState.FAILED for s in used):
+            cvr |= CVR_FAILED_DEBT
+        credit = self._credit()
+        if credit is not None:
+            record = credit[0]
+            outstanding = sum(s.amount for s in used)
+            usable = min(DEBT_SLOTS, record.max_slots)
+            if used and (
+                outstanding * 100 >= record.max_outstanding * CVR_NEAR_LIMIT_PERCENT
+                or all(s.state != DebtState.FREE for s in slots[:usable])
+            ):
+                cvr |= CVR_DEBT_NEAR_LIMIT
+            if time > record.expires or time - record.issued > CVR_RECORD_AGE_LIMIT:
+                cvr |= CVR_RECORD_AGED
+        count, total = offline
+        if count >= CVR_OFFLINE_COUNT_LIMIT:
+            cvr |= CVR_OFFLINE_COUNT
+        if total > cfg.cap:
+            cvr |= CVR_OFFLINE_AMOUNT
+        return cvr
 
     # --- applet life ---------------------------------------------------------------------
     def select(self) -> bytes:
@@ -422,6 +485,11 @@ class PurseApplet(Applet):
         slots = self._slots()
         if split:
             slot_index = self._credit_check(order, ctr, slots)
+            slots[slot_index] = DebtSlot(DebtState.PENDING, ctr.atc + 1, split)
+        count, total = self._offline()
+        offline = (count + 1, min(total + amount + split, U32))
+        cvr = self._cvr(cfg, slots, time=order.time, offline=offline, debit=order,
+                        balance_after=ctr.balance - amount)
         new_atc = ctr.atc + 1
         event = CardEvent(
             kind=EventKind.DEBIT,
@@ -440,10 +508,12 @@ class PurseApplet(Applet):
             card_challenge=order.card_challenge,
             terminal_challenge=order.terminal_challenge,
             debt_slot=slot_index,
+            cvr=cvr,
         )
         record = self._sign_event(event)
         if slot_index != NO_SLOT:
-            self._put_slot(slot_index, DebtSlot(DebtState.PENDING, new_atc, split))
+            self._put_slot(slot_index, slots[slot_index])
+        self._put_offline(*offline)
         ctr = replace(ctr, balance=event.balance_after, atc=new_atc)
         self._put_counters(self._log(cfg, ctr, record))
         self._challenge = None
@@ -451,6 +521,7 @@ class PurseApplet(Applet):
             new_atc.to_bytes(4, "big")
             + event.balance_after.to_bytes(4, "big")
             + bytes([slot_index])
+            + cvr.to_bytes(2, "big")
             + record.tac
         )
 
@@ -496,11 +567,17 @@ class PurseApplet(Applet):
             raise ISOException(SW.CONDITIONS_NOT_SATISFIED, "not this terminal's last debit")
         if not last.time <= order.time <= last.time + cfg.cancel_window:
             raise ISOException(SW.CONDITIONS_NOT_SATISFIED, "cancel window has passed")
+        slots = self._slots()
         if last.debt_slot != NO_SLOT:
-            slot = self._slots()[last.debt_slot]
+            slot = slots[last.debt_slot]
             if slot.state != DebtState.PENDING or slot.ref != last.atc:
                 raise ISOException(SW.CONDITIONS_NOT_SATISFIED, "the debt has an outcome")
             self._put_slot(last.debt_slot, FREE_SLOT)
+            slots[last.debt_slot] = FREE_SLOT
+        count, total = self._offline()  # the cancelled debit no longer counts
+        offline = (max(count - 1, 0), max(total - last.amount - last.split, 0))
+        self._put_offline(*offline)
+        cvr = self._cvr(cfg, slots, time=order.time, offline=offline)
         new_atc = ctr.atc + 1
         event = CardEvent(
             kind=EventKind.CANCEL,
@@ -519,12 +596,18 @@ class PurseApplet(Applet):
             card_challenge=order.card_challenge,
             terminal_challenge=order.terminal_challenge,
             debt_slot=last.debt_slot,
+            cvr=cvr,
         )
         record = self._sign_event(event)
         ctr = replace(ctr, balance=event.balance_after, atc=new_atc)
         self._put_counters(self._log(cfg, ctr, record))
         self._challenge = None
-        return new_atc.to_bytes(4, "big") + event.balance_after.to_bytes(4, "big") + record.tac
+        return (
+            new_atc.to_bytes(4, "big")
+            + event.balance_after.to_bytes(4, "big")
+            + cvr.to_bytes(2, "big")
+            + record.tac
+        )
 
     def _online_authorise(self, cmd: Command) -> bytes:
         if cmd.p1 or cmd.p2:
@@ -622,16 +705,21 @@ class PurseApplet(Applet):
         # A load repays failed debts first, oldest slot first.
         remaining = auth.amount
         repaid = 0
-        for i, slot in enumerate(self._slots()):
+        slots = self._slots()
+        for i, slot in enumerate(slots):
             if slot.state == DebtState.FAILED and remaining:
                 pay = min(remaining, slot.amount)
                 remaining -= pay
                 repaid += pay
                 left = slot.amount - pay
-                self._put_slot(i, replace(slot, amount=left) if left else FREE_SLOT)
+                slots[i] = replace(slot, amount=left) if left else FREE_SLOT
+                self._put_slot(i, slots[i])
         after = ctr.balance + remaining
         if after > cfg.cap:
             raise ISOException(SW.CAP_EXCEEDED)
+        # A load is a host contact: the offline counters start again.
+        self._put_offline(0, 0)
+        cvr = self._cvr(cfg, slots, time=auth.time, offline=(0, 0))
         event = CardEvent(
             kind=EventKind.LOAD,
             card_id=cfg.card_id,
@@ -649,6 +737,7 @@ class PurseApplet(Applet):
             card_challenge=auth.card_challenge,
             terminal_challenge=auth.auth_id,
             debt_slot=NO_SLOT,
+            cvr=cvr,
         )
         record = self._sign_event(event)
         ctr = replace(ctr, balance=after, load_counter=event.load_counter,
@@ -712,6 +801,7 @@ class PurseApplet(Applet):
             ctr = replace(ctr, blocked=1 if action == WriteBackAction.BLOCK else 0)
         ctr = replace(ctr, writeback_seq=header.seq)
         self._put_counters(ctr)
+        self._put_offline(0, 0)  # an applied write-back is a host contact
         receipt = WriteBackReceipt(cfg.card_id, header.seq, header.action, result, ctr.atc,
                                    ctr.balance)
         answer = receipt.to_bytes() + receipt_mac(app_key, receipt)

@@ -13,6 +13,7 @@ import typer
 
 from tallypurse.card.card import Card
 from tallypurse.core import cert, crypto
+from tallypurse.core.messages import CardEvent
 from tallypurse.core.protocol import CertRole
 
 from .benchutil import ms, percentile, time_op, us
@@ -86,7 +87,7 @@ def bench_card(
         # Crypto operations alone.
         key = crypto.generate_private_key()
         pub = crypto.encode_public_key(key.public_key())
-        msg = os.urandom(73)
+        msg = os.urandom(4 + CardEvent.size())  # a TAC's signed data
         sig = crypto.sign(key, msg)
         roots = lab.roots()
         term_cert = sam.certificate

@@ -207,7 +207,7 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
     for c, serial in enumerate(serials):
         loads.append(CardEvent(int(EventKind.LOAD), serial, 0, 1, START_BALANCE, 0, EUR, 0, 0,
                                START_BALANCE, b"\0" * 8, 0, day_start - DAY, rng.randbytes(8),
-                               rng.randbytes(8), 0xFF))
+                               rng.randbytes(8), 0xFF, 0))
         per_card[c].append(loads[-1])
     day: list[tuple[int, int, CardEvent]] = []  # (terminal, card, event)
     tseq = [0] * terminals
@@ -222,7 +222,7 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
         e = CardEvent(int(EventKind.DEBIT), serials[c], atc[c], 1, amount, 0, EUR, 0,
                       balance[c], balance[c] - amount, bytes.fromhex(sams[t].terminal_id.hex()),
                       tseq[t], day_start + n * DAY // max(events, 1), rng.randbytes(8),
-                      rng.randbytes(8), 0xFF)
+                      rng.randbytes(8), 0xFF, 0)
         balance[c] -= amount
         per_card[c].append(e)
         day.append((t, c, e))
@@ -491,7 +491,13 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
     from tallypurse.core.hostapi import ROUTES, AgentDebitRequest, EnrolRequest
     from tallypurse.core.httpsig import sign_request
     from tallypurse.core.messages import CardEvent
-    from tallypurse.core.protocol import CertRole, EventKind, TxType
+    from tallypurse.core.protocol import (
+        CVR_DEBT_OUTSTANDING,
+        CVR_SPLIT,
+        CertRole,
+        EventKind,
+        TxType,
+    )
     from tallypurse.core.samproto import PURPOSE_REQUEST
     from tallypurse.host.db.models import Account, Card, table
     from tallypurse.sam import Sam
@@ -554,7 +560,8 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
         split = rng.randrange(100, 500)
         event = CardEvent(int(EventKind.DEBIT), serials[c], atc[c], 1, 200, split, EUR,
                           int(TxType.CANTEEN), 5_000, 4_800, sams[t].terminal_id, n + 1,
-                          now - 60, rng.randbytes(8), rng.randbytes(8), 0)
+                          now - 60, rng.randbytes(8), rng.randbytes(8), 0,
+                          CVR_SPLIT | CVR_DEBT_OUTSTANDING)
         record = event.to_bytes() + crypto.sign(keys[c], event.signed_data())
         tid = sams[t].terminal_id.hex()
         body = AgentDebitRequest(

@@ -93,10 +93,11 @@ def _floor(samples: int) -> dict[str, float]:
     order and journal signatures and the card's TAC), the host's TAC check at clearing,
     and the terminal's two durable commits, done alone."""
     from tallypurse.core import crypto
+    from tallypurse.core.messages import EVENT_RECORD_LEN
 
     key = crypto.generate_private_key()
     pub = crypto.encode_public_key(key.public_key())
-    msg = os.urandom(133)
+    msg = os.urandom(EVENT_RECORD_LEN)
     signature = crypto.sign(key, msg)
     from tallypurse.sim.workspace import scratch_root
 

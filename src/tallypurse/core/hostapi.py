@@ -143,7 +143,7 @@ class JournalEntry(Model):
     amount: Minor  # purse part (debit/cancel/load) or online amount
     split: Minor = 0  # online remainder of a split debit
     currency: CurrencyCode
-    record: Hex = ""  # card-signed event (133 bytes) for debit/cancel/load
+    record: Hex = ""  # card-signed event (135 bytes) for debit/cancel/load
     reference: str = ""  # online auth code, write-back action id, agent idempotency key
     prev_hash: Hex
     entry_hash: Hex

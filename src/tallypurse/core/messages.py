@@ -115,10 +115,11 @@ class CardEvent(Layout):
 
     For a DEBIT or CANCEL the terminal fields come from the order; for a LOAD
     ``terminal_seq`` is 0, ``terminal_challenge`` is the host's authorisation
-    id and ``split`` is the amount of failed debts the load repaid.
+    id and ``split`` is the amount of failed debts the load repaid. ``cvr`` is
+    the card's own evaluation of the event (its card verification results).
     """
 
-    FORMAT: ClassVar[str] = ">B8sIIIIHBII8sII8s8sB"
+    FORMAT: ClassVar[str] = ">B8sIIIIHBII8sII8s8sBH"
     MSG: ClassVar[int] = MSG_CARD_EVENT
 
     kind: int
@@ -137,6 +138,7 @@ class CardEvent(Layout):
     card_challenge: bytes
     terminal_challenge: bytes
     debt_slot: int  # 0xFF when no debt slot was used
+    cvr: int  # card verification results: the CVR_* bits of core.protocol
 
     def check(self) -> None:
         try:

@@ -143,6 +143,21 @@ FLAG_PERSONALISED = 0x02
 FLAG_HAS_CREDIT = 0x04
 FLAG_FAILED_DEBT = 0x08
 
+# Card verification results (CardEvent.cvr): the purse's own evaluation of each
+# balance-changing event, signed in the TAC. docs/protocol.md section 11.11.
+CVR_SPLIT = 0x0001  # this debit took credit (split > 0)
+CVR_DEBT_OUTSTANDING = 0x0002  # after the event a debt slot is PENDING or FAILED
+CVR_DEBT_NEAR_LIMIT = 0x0004  # outstanding debt >= 80 % of the record's maximum, or no free slot
+CVR_FAILED_DEBT = 0x0008  # after the event a debt slot is FAILED (collection failed)
+CVR_OFFLINE_COUNT = 0x0010  # the 20th or later debit since the last host contact
+CVR_OFFLINE_AMOUNT = 0x0020  # debits since the last host contact total more than the cap
+CVR_RECORD_AGED = 0x0040  # credit record issued over 28 days before the event, or expired
+CVR_LOW_BALANCE = 0x0080  # a debit leaves less than its own price: it could not be paid again
+CVR_DEFINED = 0x00FF  # every bit defined; the others are sent as 0
+CVR_OFFLINE_COUNT_LIMIT = 20  # debits since the last host contact that set CVR_OFFLINE_COUNT
+CVR_RECORD_AGE_LIMIT = 28 * 86_400  # seconds since a credit record's issue that set RECORD_AGED
+CVR_NEAR_LIMIT_PERCENT = 80  # share of max_outstanding that sets CVR_DEBT_NEAR_LIMIT
+
 
 class CardLifeCycle(IntEnum):
     """GlobalPlatform card life cycle states (coding per GP Card Spec 11.1.1)."""

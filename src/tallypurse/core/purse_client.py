@@ -130,6 +130,7 @@ class DebitResult:
     balance_after: int
     debt_slot: int
     tac: bytes
+    cvr: int  # the card's verification results, signed in the TAC
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,19 +255,19 @@ class PurseClient:
         out = self.client.call(
             Command(CLA_PROPRIETARY, Ins.DEBIT, 0, 0, order.to_bytes() + signature, 0)
         )
-        if len(out) != 9 + crypto.SIG_LEN:
+        if len(out) != 11 + crypto.SIG_LEN:
             raise DecodeError("DEBIT answer has a wrong length", len(out))
-        atc, bal, slot = struct.unpack(">IIB", out[:9])
-        return DebitResult(atc, bal, slot, out[9:])
+        atc, bal, slot, cvr = struct.unpack(">IIBH", out[:11])
+        return DebitResult(atc, bal, slot, out[11:], cvr)
 
     def cancel(self, order: CancelOrder, signature: bytes) -> DebitResult:
         out = self.client.call(
             Command(CLA_PROPRIETARY, Ins.CANCEL_LAST_DEBIT, 0, 0, order.to_bytes() + signature, 0)
         )
-        if len(out) != 8 + crypto.SIG_LEN:
+        if len(out) != 10 + crypto.SIG_LEN:
             raise DecodeError("CANCEL answer has a wrong length", len(out))
-        atc, bal = struct.unpack(">II", out[:8])
-        return DebitResult(atc, bal, 0xFF, out[8:])
+        atc, bal, cvr = struct.unpack(">IIH", out[:10])
+        return DebitResult(atc, bal, 0xFF, out[10:], cvr)
 
     def transaction_proof(self, atc: int) -> SignedEvent:
         return SignedEvent.parse(
@@ -349,4 +350,5 @@ def debit_event(session: PurchaseSession, order: DebitOrder, result: DebitResult
         card_challenge=order.card_challenge,
         terminal_challenge=order.terminal_challenge,
         debt_slot=result.debt_slot,
+        cvr=result.cvr,
     )

@@ -28,6 +28,7 @@ from tallypurse.credit.indicators import (
     Tap,
     TopUp,
     compute_indicators,
+    evaluate_cvr,
 )
 from tallypurse.credit.policy import (
     NO_CREDIT,
@@ -78,6 +79,7 @@ __all__ = [
     "compute_indicators",
     "credit_record",
     "default_policy",
+    "evaluate_cvr",
     "load_policy",
     "load_scorecard",
     "loads_policy",

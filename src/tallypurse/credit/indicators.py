@@ -19,11 +19,41 @@ from enum import Enum
 from typing import Any
 
 from tallypurse.core.errors import BadInput
+from tallypurse.core.protocol import (
+    CVR_DEBT_NEAR_LIMIT,
+    CVR_DEBT_OUTSTANDING,
+    CVR_FAILED_DEBT,
+    CVR_LOW_BALANCE,
+    CVR_OFFLINE_AMOUNT,
+    CVR_OFFLINE_COUNT,
+    CVR_RECORD_AGED,
+    CVR_SPLIT,
+)
 
 DAY = 86_400
 WEEK = 7 * DAY
 MONTH = 30 * DAY  # a "month" of the indicators: 30 days
 DEFAULT_WINDOW_DAYS = 182  # behaviour indicators look back 26 weeks (or the tenure, if shorter)
+EVALUATION_DAYS = 90  # the card's evaluation: mean over the last 90 days of purchases
+
+# What each adverse finding of the card (its card verification results, signed in
+# every event; docs/protocol.md 11.11) costs a purchase's evaluation, out of 100.
+CVR_WEIGHTS: dict[int, int] = {
+    CVR_SPLIT: 25,  # paid partly on credit
+    CVR_DEBT_OUTSTANDING: 10,  # a split debt not yet settled
+    CVR_DEBT_NEAR_LIMIT: 15,  # outstanding debt near the record's maximum, or no free slot
+    CVR_FAILED_DEBT: 30,  # a debt whose collection failed, not yet repaid
+    CVR_OFFLINE_COUNT: 5,  # many purchases since the host last reached the card
+    CVR_OFFLINE_AMOUNT: 5,  # more than a full purse spent since then
+    CVR_RECORD_AGED: 5,  # the card's credit record was not renewed in time
+    CVR_LOW_BALANCE: 5,  # the purse could not pay the same purchase again
+}
+
+
+def evaluate_cvr(cvr: int) -> int:
+    """One event's evaluation, 0..100: 100 minus the weights of the adverse findings
+    the card signed in it (bits it does not define count nothing)."""
+    return max(0, 100 - sum(w for bit, w in CVR_WEIGHTS.items() if cvr & bit))
 
 
 class SplitOutcome(Enum):
@@ -115,10 +145,15 @@ class BlacklistEntry:
 
 @dataclass(frozen=True, slots=True)
 class CardEvaluation:
-    """The card's own transaction evaluation (0..100), read back at clearing."""
+    """The card's own evaluation (0..100) of one purchase, read back at clearing
+    (:func:`evaluate_cvr` of the event's card verification results)."""
 
     at: int
     value: int
+
+    @classmethod
+    def of_event(cls, at: int, cvr: int) -> CardEvaluation:
+        return cls(at, evaluate_cvr(cvr))
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,7 +176,7 @@ class Indicators:
     days_since_last_failure: int | None  # None: never failed
     bank_account_verified: bool
     blacklist_history: int
-    card_evaluation: int | None  # 0..100; None until the first read-back
+    card_evaluation: int | None  # 0..100, mean of the last 90 days; None: no purchase read back
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -231,7 +266,7 @@ INDICATORS: dict[str, IndicatorInfo] = {
         IndicatorInfo("blacklist_history", "R16", "card blacklisted before", False, "-"),
         IndicatorInfo(
             "card_evaluation", "R17", "low transaction evaluation by the card", True,
-            "not yet read back from the card",
+            "no purchase read back from the card in 90 days",
         ),
     )
 }
@@ -309,7 +344,9 @@ def compute_indicators(
     Events after ``as_of`` are ignored, so the same event lists give the
     indicators at any past date (for building a fitting history). Behaviour
     indicators (activity, top-ups, balances) look back ``window_days``, or the
-    tenure if shorter; debt and blacklist counts cover the whole history.
+    tenure if shorter; debt and blacklist counts cover the whole history; the
+    card's evaluation is the mean (rounded half up) of the evaluations of the
+    last :data:`EVALUATION_DAYS` days, missing when there is none.
     """
     if opened_at > as_of:
         raise BadInput("the cardholder's account opens after as_of")
@@ -332,7 +369,7 @@ def compute_indicators(
     past = [d.as_of(as_of) for d in debts if d.taken_at <= as_of]
     outcomes = [outcome for outcome, _ in past]
     failures = [failed for _, failed in past if failed is not None]
-    evals = sorted((e for e in evaluations if e.at <= as_of), key=lambda e: e.at)
+    evals = [e.value for e in evaluations if as_of - EVALUATION_DAYS * DAY < e.at <= as_of]
 
     return Indicators(
         tenure_days=tenure_days,
@@ -351,5 +388,5 @@ def compute_indicators(
         days_since_last_failure=(as_of - max(failures)) // DAY if failures else None,
         bank_account_verified=bank_account_verified,
         blacklist_history=sum(1 for b in blacklist if b.at <= as_of),
-        card_evaluation=evals[-1].value if evals else None,
+        card_evaluation=(2 * sum(evals) + len(evals)) // (2 * len(evals)) if evals else None,
     )

@@ -21,10 +21,21 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from tallypurse.core.protocol import (
+    CVR_DEBT_NEAR_LIMIT,
+    CVR_DEBT_OUTSTANDING,
+    CVR_FAILED_DEBT,
+    CVR_LOW_BALANCE,
+    CVR_OFFLINE_AMOUNT,
+    CVR_OFFLINE_COUNT,
+    CVR_RECORD_AGED,
+    CVR_SPLIT,
+)
 from tallypurse.credit.history import HistoryRow
-from tallypurse.credit.indicators import Indicators
+from tallypurse.credit.indicators import EVALUATION_DAYS, Indicators, evaluate_cvr
 
 DEFAULT_INTERCEPT = -3.1  # a base default rate of a few percent
+EVALUATED_TAPS_MAX = 60  # purchases drawn for the card's evaluation (a sample of the 90 days)
 RELIABILITY_EFFECT = 1.3  # how strongly the hidden reliability drives default
 COLLECTION_EFFECT = 0.9  # the extra log-odds of default with a debt in collection
 
@@ -67,6 +78,42 @@ def generate(n: int, seed: int) -> list[HistoryRow]:
     return [c.row for c in cardholders(n, seed)]
 
 
+def _card_evaluation(rng: random.Random, r: float, *, taps_per_week: float, activity: float,
+                     splits: int, years: float, in_collection: int) -> int | None:
+    """The card's evaluation as the host derives it: the mean of ``evaluate_cvr`` over
+    the purchases of the last 90 days, each with the findings a card of this
+    behaviour would sign (credit taken as often as its split history says, debts
+    outstanding after one, a failed debt while one is in collection, low balances
+    and long offline runs more often for the less reliable). None: no purchase."""
+    taps = _poisson(rng, taps_per_week * activity * EVALUATION_DAYS / 7)
+    if taps == 0:
+        return None
+    p_split = min(0.9, splits / max(1.0, taps_per_week * 52 * years) + 0.02 * _sigmoid(-r))
+    p_low = _sigmoid(-1.5 - 0.8 * r)
+    p_offline = _sigmoid(-2.5 - 0.5 * r)
+    p_aged = _sigmoid(-3.0 - 0.5 * r)
+    total = 0
+    drawn = min(taps, EVALUATED_TAPS_MAX)
+    for _ in range(drawn):
+        cvr = 0
+        if rng.random() < p_split:
+            cvr |= CVR_SPLIT | CVR_DEBT_OUTSTANDING | CVR_LOW_BALANCE
+            if rng.random() < 0.2:
+                cvr |= CVR_DEBT_NEAR_LIMIT
+        elif rng.random() < min(0.9, 2 * p_split):
+            cvr |= CVR_DEBT_OUTSTANDING
+        if in_collection and cvr & CVR_DEBT_OUTSTANDING:
+            cvr |= CVR_FAILED_DEBT
+        if rng.random() < p_low:
+            cvr |= CVR_LOW_BALANCE
+        if rng.random() < p_offline:
+            cvr |= CVR_OFFLINE_COUNT | (CVR_OFFLINE_AMOUNT if cvr & CVR_SPLIT else 0)
+        if rng.random() < p_aged:
+            cvr |= CVR_RECORD_AGED
+        total += evaluate_cvr(cvr)
+    return (2 * total + drawn) // (2 * drawn)
+
+
 def _one(rng: random.Random) -> SyntheticCardholder:
     r = rng.gauss(0.0, 1.0)
     g = rng.gauss
@@ -97,14 +144,12 @@ def _one(rng: random.Random) -> SyntheticCardholder:
             bank += 1
     since_failure = int(rng.random() * tenure) if failed else None
     blacklisted = _poisson(rng, 0.03 * math.exp(-0.8 * r))
-    evaluation = (
-        None if rng.random() < 0.1
-        else max(0, min(100, round(60 + 12 * r + g(0, 10))))
-    )
 
     logit = (DEFAULT_INTERCEPT - RELIABILITY_EFFECT * r
              + (COLLECTION_EFFECT if in_collection else 0.0))
     defaulted = rng.random() < _sigmoid(logit)
+    evaluation = _card_evaluation(rng, r, taps_per_week=taps_per_week, activity=activity,
+                                  splits=splits, years=years, in_collection=in_collection)
     indicators = Indicators(
         tenure_days=tenure,
         taps_per_week=taps_per_week,

@@ -19,8 +19,10 @@ split debts                ``debts`` and how each ended (settled online, settled
 blacklist history          ``list_entries`` adding one of the cardholder's cards to the
                            blacklist (a replaced card's entry does not count)
 bank account verified      an active linked bank account with a direct-debit mandate
-card evaluation            not read back from cards yet: missing (the scorecard's
-                           ``missing_woe`` bin)
+card evaluation            the card verification results each cleared DEBIT event of the
+                           last 90 days carries (``card_events.record``, signed by the
+                           card): one evaluation per purchase (``evaluate_cvr``), averaged
+                           by the indicators; missing when there is none
 =========================  ===============================================================
 
 Events after ``as_of`` are left out, so the same call gives the inputs as of a
@@ -37,10 +39,12 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tallypurse.core.messages import EVENT_RECORD_LEN, CardEvent
 from tallypurse.core.protocol import EventKind
 from tallypurse.credit import (
     BalanceSnapshot,
     BlacklistEntry,
+    CardEvaluation,
     Indicators,
     SplitDebt,
     SplitOutcome,
@@ -48,7 +52,7 @@ from tallypurse.credit import (
     TopUp,
     compute_indicators,
 )
-from tallypurse.credit.indicators import DAY, DEFAULT_WINDOW_DAYS
+from tallypurse.credit.indicators import DAY, DEFAULT_WINDOW_DAYS, EVALUATION_DAYS
 from tallypurse.host.db.models import (
     Account,
     BankAccount,
@@ -67,6 +71,21 @@ from tallypurse.host.ledger import Kind
 OPEN_DEBTS = ("open", "bank_pending", "collection")
 NOT_ADVERSE_BLACKLISTING = frozenset({"replaced"})
 CHUNK = 500  # ids per IN (...) list
+# where the card verification results sit in a signed event record, as hex digits
+# (the CardEvent's last field, 2 bytes; docs/protocol.md 11.3)
+_CVR_HEX = slice(2 * (CardEvent.size() - 2), 2 * CardEvent.size())
+_RECORD_HEX_LEN = 2 * EVENT_RECORD_LEN
+
+
+def record_cvr(record_hex: str) -> int | None:
+    """The card verification results of a stored signed event record (hex, as clearing
+    keeps it after checking its TAC); None for a record of another layout."""
+    if len(record_hex) != _RECORD_HEX_LEN:
+        return None
+    try:
+        return int(record_hex[_CVR_HEX], 16)
+    except ValueError:
+        return None
 
 
 @dataclass(slots=True)
@@ -82,6 +101,7 @@ class HolderInputs:
     balances: list[BalanceSnapshot] = field(default_factory=list)
     debts: list[SplitDebt] = field(default_factory=list)
     blacklist: list[BlacklistEntry] = field(default_factory=list)
+    evaluations: list[CardEvaluation] = field(default_factory=list)
     bank_account_verified: bool = False
     online_balance: int = 0  # at as_of, minor units (what the cardholder holds)
     outstanding: int = 0  # unpaid split debts, now
@@ -90,7 +110,7 @@ class HolderInputs:
         return compute_indicators(
             as_of=as_of, opened_at=min(self.opened_at, as_of), taps=self.taps,
             topups=self.topups, balances=self.balances, debts=self.debts,
-            blacklist=self.blacklist, evaluations=(),
+            blacklist=self.blacklist, evaluations=self.evaluations,
             bank_account_verified=self.bank_account_verified, window_days=window_days)
 
 
@@ -180,6 +200,16 @@ def _load_chunk(s: Session, ids: list[str], as_of: int,
                        LoadRow.funding != "online_account",
                        LoadRow.created >= start, LoadRow.created <= as_of)):
             out[owner[cid]].topups.append(TopUp(at, amount))
+        # the card's own evaluation of each purchase of the last 90 days
+        for cid, at, record in s.execute(
+                select(CardEventRow.card_id, CardEventRow.time, CardEventRow.record)
+                .where(CardEventRow.card_id.in_(card_ids),
+                       CardEventRow.kind == int(EventKind.DEBIT),
+                       CardEventRow.time > as_of - EVALUATION_DAYS * DAY,
+                       CardEventRow.time <= as_of)):
+            cvr = record_cvr(record)
+            if cvr is not None:
+                out[owner[cid]].evaluations.append(CardEvaluation.of_event(at, cvr))
         # blacklist history
         for cid, at, reason in s.execute(
                 select(ListEntry.card_id, ListEntry.created, ListEntry.reason)

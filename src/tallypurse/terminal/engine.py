@@ -1158,7 +1158,7 @@ class Terminal:
             balance_after=result.balance_after, terminal_id=self.terminal_id,
             terminal_seq=order.terminal_seq, time=order.time,
             card_challenge=order.card_challenge, terminal_challenge=order.terminal_challenge,
-            debt_slot=last_ev.debt_slot,
+            debt_slot=last_ev.debt_slot, cvr=result.cvr,
         )
         signed = SignedEvent(event, result.tac)
         if not self.sam.verify_tac(signed, card_key):
