@@ -21,6 +21,7 @@ from tallypurse.cli import keys as keys_cli
 from tallypurse.cli.main import app
 from tallypurse.core.cert import KeyRef
 from tallypurse.core.hostapi import ROUTES, SyncRequest
+from tallypurse.host.db.engine import Database
 from tallypurse.host.db.models import Card as CardRow
 from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.tsm.rekey import read_card_keys
@@ -38,9 +39,20 @@ def digest(path: Path) -> str:
 
 
 @pytest.fixture
-def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[EmbeddedHost, Till]]:
+def db_args(database: Database, request: pytest.FixtureRequest) -> list[str]:
+    """The command line's ``--db`` for the test database (PostgreSQL: its own schema)."""
+    url = database.engine.url
+    if url.get_backend_name() == "postgresql":
+        schema = request.getfixturevalue("pg_schema")
+        url = url.set(query={"options": f"-csearch_path={schema}"})
+    return ["--db", url.render_as_string(hide_password=False)]
+
+
+@pytest.fixture
+def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+         database: Database) -> Iterator[tuple[EmbeddedHost, Till]]:
     monkeypatch.setenv("TALLYPURSE_KEYSTORE_PASSPHRASE", PASSPHRASE)
-    eh = EmbeddedHost(tmp_path / "host")
+    eh = EmbeddedHost(tmp_path / "host", db=database)
     merchant = eh.host.registry.create_merchant("Kiosk", iban="DE89370400440532013000",
                                                 bic="COBADEFFXXX", merchant_id="kiosk")
     till = enrol_till(eh, tmp_path / "till", name="Kiosk", merchant_id=merchant,
@@ -69,12 +81,12 @@ def host_state(eh: EmbeddedHost) -> object:
 
 
 def test_revoke_terminal_dry_run_changes_nothing_then_revokes_and_logs(
-        site: tuple[EmbeddedHost, Till]) -> None:
+        site: tuple[EmbeddedHost, Till], db_args: list[str]) -> None:
     eh, till = site
     data = eh.host.settings.data_dir
     before = host_state(eh)
-    args = ["keys", "revoke-terminal", TID, "--data-dir", str(data), "--operator", "ops",
-            "--reason", "stolen from the kiosk"]
+    args = ["keys", "revoke-terminal", TID, "--data-dir", str(data), *db_args,
+            "--operator", "ops", "--reason", "stolen from the kiosk"]
     result = runner.invoke(app, [*args, "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "dry run" in result.output and "nothing changed" in result.output
@@ -107,21 +119,22 @@ def test_revoke_terminal_dry_run_changes_nothing_then_revokes_and_logs(
     (TID, "already revoked"),
 ])
 def test_revoke_terminal_refuses_an_unknown_or_revoked_terminal_and_changes_nothing(
-        site: tuple[EmbeddedHost, Till], terminal: str, message: str) -> None:
+        site: tuple[EmbeddedHost, Till], db_args: list[str], terminal: str,
+        message: str) -> None:
     eh, _ = site
     data = eh.host.settings.data_dir
     if terminal == TID:
         eh.host.tms.revoke(TID)
     before = host_state(eh)
     result = runner.invoke(app, ["keys", "revoke-terminal", terminal, "--data-dir", str(data),
-                                 "--operator", "ops", "--reason", "test"])
+                                 *db_args, "--operator", "ops", "--reason", "test"])
     assert result.exit_code == 2
     assert message in result.stderr
     assert host_state(eh) == before and log_records(data) == []
 
 
 def test_rekey_card_dry_run_changes_nothing_then_rekeys_and_logs(
-        site: tuple[EmbeddedHost, Till], tmp_path: Path) -> None:
+        site: tuple[EmbeddedHost, Till], db_args: list[str], tmp_path: Path) -> None:
     eh, _ = site
     data = eh.host.settings.data_dir
     path = tmp_path / "card"
@@ -133,7 +146,7 @@ def test_rekey_card_dry_run_changes_nothing_then_rekeys_and_logs(
         assert result.exit_code == 0, result.output
     rotations = len(log_records(data))
     card_before, db_before = digest(path), host_state(eh)
-    args = ["keys", "rekey-card", "--card-file", str(path), "--data-dir", str(data),
+    args = ["keys", "rekey-card", "--card-file", str(path), "--data-dir", str(data), *db_args,
             "--operator", "ops", "--reason", "re-key after rotation"]
     result = runner.invoke(app, [*args, "--dry-run"])
     assert result.exit_code == 0, result.output
@@ -166,7 +179,7 @@ def test_rekey_card_dry_run_changes_nothing_then_rekeys_and_logs(
 
 
 def test_rekey_card_refuses_a_card_this_host_did_not_issue(
-        site: tuple[EmbeddedHost, Till], tmp_path: Path) -> None:
+        site: tuple[EmbeddedHost, Till], db_args: list[str], tmp_path: Path) -> None:
     eh, _ = site
     data = eh.host.settings.data_dir
     other = EmbeddedHost(tmp_path / "other-host")
@@ -177,7 +190,7 @@ def test_rekey_card_refuses_a_card_this_host_did_not_issue(
         other.stop()
     before = digest(path)
     result = runner.invoke(app, ["keys", "rekey-card", "--card-file", str(path), "--data-dir",
-                                 str(data), "--operator", "ops", "--reason", "test"])
+                                 str(data), *db_args, "--operator", "ops", "--reason", "test"])
     assert result.exit_code == 2
     assert result.stderr.startswith("error:")
     assert digest(path) == before and log_records(data) == []
