@@ -23,6 +23,7 @@ from tallypurse.core.protocol import ISD_AID, OPERATOR_SD_AID, WriteBackAction
 from tallypurse.core.purse_client import PurseClient
 from tallypurse.core.transport import ApduClient
 from tallypurse.host.db.engine import Database
+from tallypurse.host.keyring import ReloadingKeyStore
 from tallypurse.host.tsm.channel import SecureChannel
 from tallypurse.host.tsm.keys import app_key, isd_keys, sd_keys
 from tallypurse.host.tsm.rekey import read_card_keys
@@ -253,3 +254,34 @@ def test_rotation_day(site: Site) -> None:
     # the keystore itself refuses to use a retired version
     with pytest.raises(Exception, match="revoked"):
         host.keys.sign(KeyRef(HOST_LIST, 1), b"x")
+
+
+def test_a_running_host_follows_the_ceremonies_without_a_restart(site: Site) -> None:
+    host = site.eh.host
+    assert isinstance(host.keys, ReloadingKeyStore)
+    host.keys.interval = 0  # look at the keystore file at every use
+    merchant = host.registry.create_merchant("Kiosk", iban="DE89370400440532013000",
+                                             bic="COBADEFFXXX", merchant_id="kiosk")
+    till = site.till("till", merchant, "00000000000000c3")
+    old_card = site.card("00000000000000a3", host.registry.create_cardholder("Bo", "EUR"))
+    till.terminal.load(till.reader(old_card), 2_000, funding="cash")
+    for name in (ISSUER_ROOT, HOST_LIST, HOST_LOAD):
+        keys("rotate", name, "--keystore", site.keystore, "--operator", "ops",
+             "--reason", "rotate while serving")
+    assert host.keys.current(HOST_LIST) == KeyRef(HOST_LIST, 2)
+    changes = till.terminal.sync()["changes"]
+    assert changes["trust"]["list_keys"] == ["host-list/1", "host-list/2"]
+    new_card = site.card("00000000000000b3", host.registry.create_cardholder("Cy", "EUR"))
+    assert read_card_keys(new_card).root == KeyRef(ISSUER_ROOT, 2)
+    for card in (old_card, new_card):
+        till.terminal.load(till.reader(card), 1_000, funding="cash")
+        pay(till, card, 300)
+    keys("revoke", "host-list/1", "--keystore", site.keystore, "--operator", "ops",
+         "--reason", "retire while serving")
+    changes = till.terminal.sync()["changes"]
+    assert changes["trust"]["list_keys"] == ["host-list/2"]
+    with pytest.raises(Exception, match="revoked"):
+        host.keys.sign(KeyRef(HOST_LIST, 1), b"x")
+    assert till.terminal.close_day().delivered
+    ok, detail = money_conserved(host, [old_card, new_card], skip=set())
+    assert ok, detail

@@ -23,10 +23,12 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tallypurse.core.errors import KeystoreError
+from tallypurse.keystore.base import KeyStore
 from tallypurse.keystore.software import KEYSTORE_FILE, SoftwareKeyStore
 
 from .config import HostSettings
 from .db.engine import Database
+from .keyring import ReloadingKeyStore
 from .service import Host
 
 PASSPHRASE_ENV = "TALLYPURSE_KEYSTORE_PASSPHRASE"
@@ -64,10 +66,17 @@ def open_keystore(settings: HostSettings, *, create: bool = True) -> SoftwareKey
                                    now=int(time.time()))
 
 
+def following_keystore(settings: HostSettings, store: KeyStore) -> ReloadingKeyStore:
+    """``store``, opened again whenever a ceremony rewrites its file (host.keyring)."""
+    return ReloadingKeyStore(store, settings.keystore_dir / KEYSTORE_FILE,
+                             lambda: open_keystore(settings, create=False))
+
+
 def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     db = Database.connect(settings.database_url)
-    return Host(db, open_keystore(settings, create=create_keystore), settings=settings)
+    store = open_keystore(settings, create=create_keystore)
+    return Host(db, following_keystore(settings, store), settings=settings)
 
 
 def app_from_env() -> FastAPI:

@@ -21,7 +21,7 @@ import uvicorn
 from tallypurse.card.card import Card
 from tallypurse.host.api import create_app
 from tallypurse.host.bank import SandboxBank
-from tallypurse.host.bootstrap import open_keystore
+from tallypurse.host.bootstrap import following_keystore, open_keystore
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
@@ -62,7 +62,8 @@ class EmbeddedHost:
             db = Database.connect(settings.database_url)
         upgrade(db)
         self.bank = bank or SandboxBank()
-        self.host = Host(db, open_keystore(settings), settings=settings, bank=self.bank)
+        keys = following_keystore(settings, open_keystore(settings))
+        self.host = Host(db, keys, settings=settings, bank=self.bank)
         self.app = create_app(self.host)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
