@@ -41,7 +41,8 @@ def verified(world: World, signed: SignedList | None) -> SignedList:
 def sync(world: World, blacklist: int = 0, actions: int = 0, parameters: int = 0):
     assert world.client is not None
     return world.client.sync(SyncRequest(blacklist_version=blacklist, actions_version=actions,
-                                         parameters_version=parameters))
+                                         parameters_version=parameters,
+                                         trust_tag=world.host.trust.tag()))
 
 
 def test_the_blacklist_comes_as_signed_deltas_since_the_terminals_version(world: World) -> None:

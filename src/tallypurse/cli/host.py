@@ -24,6 +24,7 @@ from tallypurse.host.config import (
     HostSettings,
 )
 from tallypurse.host.db.migrate import head_revision, upgrade
+from tallypurse.host.keyring import ReloadingKeyStore
 from tallypurse.host.service import Host
 from tallypurse.keystore.base import ManagedKeyStore
 
@@ -73,7 +74,7 @@ def opened(db: str | None, data_dir: Path | None, keystore: str | None = None, *
         fail(exc.message)
     finally:
         host.db.dispose()
-        if isinstance(host.keys, ManagedKeyStore):
+        if isinstance(host.keys, ManagedKeyStore | ReloadingKeyStore):
             host.keys.close()
 
 

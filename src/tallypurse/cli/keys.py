@@ -618,3 +618,111 @@ def verify_log(
         fail(f"no ceremony log at {log.path}")
     check = _run(lambda: log.verify(expect_head=expect_head))
     typer.echo(f"{log.path}: {check.records} records, chain intact, head {check.head}")
+
+
+# --- Ceremonies that reach the host's cards and terminals ------------------------------------
+
+HostDbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="The host's database URL (default: SQLite in --data-dir).",
+                 show_default=False),
+]
+HostDirOption = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="The host's data directory (its keystore is in "
+                 "DATA_DIR/keystore) [default: ./tallypurse-host].", file_okay=False,
+                 show_default=False),
+]
+
+
+def _host_log(db: str | None, data_dir: Path | None, given: Path | None) -> CeremonyLog:
+    """The ceremony log of the host's keystore (or ``--ceremony-log``)."""
+    from .host import settings
+
+    return _log_for(str(settings(db, data_dir).keystore_dir), given)
+
+
+@app.command("rekey-card")
+def rekey_card(
+    card_file: Annotated[
+        Path, typer.Option("--card-file", help="The card (card emulator file).", dir_okay=False)
+    ],
+    operator: OperatorOption,
+    reason: ReasonOption,
+    db: HostDbOption = None,
+    data_dir: HostDirOption = None,
+    dry_run: DryRunOption = False,
+    ceremony_log: LogOption = None,
+) -> None:
+    """Re-key a card after a rotation, through the TSM (PUT KEY, STORE DATA).
+
+    Brings the card's issuer-domain and operator-domain keys, its purse APP key, its
+    issuer root and certificate, and its credit record's signature to the keystore's
+    current versions; afterwards the old versions no longer open the card."""
+    from tallypurse.card.card import Card
+
+    from .host import opened
+
+    _check_who(operator, reason)
+    if not card_file.is_file():
+        fail(f"no card file {card_file}")
+    log = _host_log(db, data_dir, ceremony_log)
+    _check_log(log)
+    with opened(db, data_dir) as host:
+        card = Card.open(card_file)
+        card.power_up()
+        plan = _run(lambda: host.registry.rekey_card(card, dry_run=True))
+        card_id = plan.before.card_id.hex()
+        if not plan.needed:
+            typer.echo(f"card {card_id} already holds the current keys; nothing to do")
+            return
+        if dry_run:
+            typer.echo(f"dry run: would re-key card {card_id}:")
+            for step in plan.steps:
+                typer.echo(f"  {step}")
+            typer.echo(f"dry run: would log it in {log.path}; nothing changed")
+            return
+        now = int(time.time())
+        plan = _run(lambda: host.registry.rekey_card(card))
+    typer.echo(f"re-keyed card {card_id}:")
+    for step in plan.steps:
+        typer.echo(f"  {step}")
+    _record(log, "rekey-card", operator, reason, plan.to_json(), now)
+
+
+@app.command("revoke-terminal")
+def revoke_terminal(
+    terminal_id: Annotated[str, typer.Argument(metavar="TERMINAL", help="The terminal id.")],
+    operator: OperatorOption,
+    reason: ReasonOption,
+    db: HostDbOption = None,
+    data_dir: HostDirOption = None,
+    dry_run: DryRunOption = False,
+    ceremony_log: LogOption = None,
+) -> None:
+    """Revoke a terminal at the host: every request it signs is refused from now on.
+
+    Logged in the ceremony log of the host's keystore."""
+    from .host import opened
+
+    _check_who(operator, reason)
+    log = _host_log(db, data_dir, ceremony_log)
+    _check_log(log)
+    with opened(db, data_dir) as host:
+        status = {t.terminal_id: t for t in host.tms.terminals()}.get(terminal_id)
+        if status is None:
+            fail(f"no terminal {terminal_id}")
+        if status.status == "revoked":
+            fail(f"terminal {terminal_id} is already revoked")
+        if dry_run:
+            typer.echo(
+                f"dry run: would revoke terminal {terminal_id} (merchant {status.merchant_id}, "
+                f"{status.status}) and log it in {log.path}; nothing changed"
+            )
+            return
+        now = int(time.time())
+        _run(lambda: host.tms.revoke(terminal_id, reason))
+    typer.echo(f"revoked terminal {terminal_id} (merchant {status.merchant_id})")
+    _record(log, "revoke-terminal", operator, reason,
+            {"terminal": terminal_id, "merchant": status.merchant_id,
+             "previous_status": status.status}, now)

@@ -121,6 +121,24 @@ class SyncRequest(Model):
     blacklist_version: Counter
     actions_version: Counter
     parameters_version: Counter
+    trust_tag: Annotated[str, StringConstraints(max_length=64)] = ""  # the last TrustBundle.tag
+
+
+class TrustBundle(Model):
+    """The keys a terminal trusts, sent at a sync whenever they changed (key rotation).
+
+    Nothing here is believed on the host's word: a root is added only through a
+    certificate signed by a root the terminal already trusts, a host key only through a
+    certificate that verifies against a trusted root, the terminal's own certificates
+    only if they certify its SAM's key. ``roots`` names the roots in force: a trusted
+    root not named (revoked) is dropped.
+    """
+
+    tag: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    roots: list[str]  # issuer root key refs in force, "issuer-root/2"
+    root_certificates: list[Hex] = []  # each root in force, certified by each older one
+    host_certificates: list[Hex]  # every host key version in force, under every root
+    terminal_certificates: list[Hex] = []  # this terminal's key, under every root
 
 
 class SyncResponse(Model):
@@ -128,6 +146,7 @@ class SyncResponse(Model):
     actions: SignedList | None = None
     parameters: SignedParameters | None = None
     host_time: int
+    trust: TrustBundle | None = None  # None: the terminal's trust_tag is current
 
 
 # --- journal upload (day-end close) ---------------------------------------------------------------

@@ -30,11 +30,12 @@ from fastapi import FastAPI
 
 from tallypurse.core.errors import KeystoreError
 from tallypurse.keystore import locate
-from tallypurse.keystore.base import KEY_SPECS, ManagedKeyStore
+from tallypurse.keystore.base import KEY_SPECS, KeyStore, ManagedKeyStore
 from tallypurse.keystore.software import KEYSTORE_FILE, SoftwareKeyStore
 
 from .config import HostSettings
 from .db.engine import Database
+from .keyring import ReloadingKeyStore
 from .service import Host
 
 PASSPHRASE_ENV = "TALLYPURSE_KEYSTORE_PASSPHRASE"
@@ -95,6 +96,16 @@ def _open_named(spec: str) -> ManagedKeyStore:
     return SoftwareKeyStore.open(directory, passphrase(directory, create=False))
 
 
+def following_keystore(settings: HostSettings, store: ManagedKeyStore) -> KeyStore:
+    """``store``, opened again whenever a ceremony rewrites its file (host.keyring).
+    A token is not followed: its keys change on the token, not in a file."""
+    if settings.keystore and locate.is_pkcs11(settings.keystore):
+        return store
+    directory = Path(settings.keystore) if settings.keystore else settings.keystore_dir
+    return ReloadingKeyStore(store, directory / KEYSTORE_FILE,
+                             lambda: open_keystore(settings, create=False))
+
+
 def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:
     """The host on its database and keystore. The keystore is opened first, so that a
     keystore that cannot be opened leaves the data directory and database untouched."""
@@ -105,7 +116,7 @@ def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:
     except BaseException:
         keys.close()
         raise
-    return Host(db, keys, settings=settings)
+    return Host(db, following_keystore(settings, keys), settings=settings)
 
 
 def app_from_env() -> FastAPI:

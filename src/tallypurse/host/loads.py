@@ -123,7 +123,8 @@ class Loads:
                 amount=req.amount, currency=card.currency, funding=req.funding,
                 auth_id=auth_id.hex(), authorisation=auth.to_bytes().hex(),
                 signature=self.host.keys.sign(ref, auth.signed_data()).hex(),
-                load_certificate=self.host.keys.certificate(ref).encode().hex(),
+                load_certificate=self.host.trust.load_certificate(
+                    ref, bytes.fromhex(card.certificate)).hex(),
                 status="authorised", created=now)
             s.add(row)
             s.flush()

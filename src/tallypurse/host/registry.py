@@ -23,9 +23,11 @@ from tallypurse.core.money import currency
 from tallypurse.core.protocol import CertRole
 from tallypurse.core.transport import CardTransport
 from tallypurse.host.db.models import BankAccount, Card, Cardholder, Merchant
+from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.errors import CONFLICT, NOT_FOUND, UNKNOWN_CARD, HostError
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 from tallypurse.host.tsm.personalise import IssuedCard, PursePolicy, personalise
+from tallypurse.host.tsm.rekey import RekeyPlan, plan_rekey, rekey_card
 
 from .common import log_event, new_id
 
@@ -247,6 +249,42 @@ class Registry:
                 [Acct(Kind.PURSE_FLOAT, issued.card_id.hex(), currency(currency_code).code)])
             uow.commit()
         log_event("card_registered", card=issued.card_id.hex(), cardholder=cardholder_id)
+
+    def rekey_card(self, transport: CardTransport, *, dry_run: bool = False) -> RekeyPlan:
+        """Bring a registered card's keys to the keystore's current versions through the
+        TSM (see host.tsm.rekey) and record what it holds now: its APP key version (write-
+        backs still waiting for it are sealed again under the new key) and its certificate.
+        With ``dry_run``, only read the card and say what would change."""
+        plan = plan_rekey(transport, self.host.keys)
+        card_id = plan.before.card_id.hex()
+        with self.host.uow() as uow:
+            self.card(uow.session, card_id)  # a card this host issued
+        if dry_run or not plan.needed:
+            return plan
+        plan, after = rekey_card(transport, self.host.keys, now=self.host.now())
+        c = certs.verify(after.certificate, self.host.roots(), role=CertRole.CARD,
+                         at=certs.parse(after.certificate).not_before,
+                         holder=plan.before.card_id)
+        with self.host.uow() as uow:
+            s = uow.session
+            card = self.card(s, card_id, lock=True)
+            card.certificate = after.certificate.hex()
+            card.public_key = c.public_key.hex()
+            resealed = 0
+            if card.app_key_version != after.app_version:
+                card.app_key_version = after.app_version
+                pending = s.scalars(select(ActionRow).where(
+                    ActionRow.card_id == card_id, ActionRow.status == "pending")
+                    .order_by(ActionRow.seq)).all()
+                for old in pending:
+                    self.host.writebacks.withdraw(s, old, "superseded")
+                    self.host.writebacks.publish(s, card, old.kind, bytes.fromhex(old.payload),
+                                                 debt_id=old.debt_id)
+                resealed = len(pending)
+            uow.commit()
+        log_event("card_rekeyed", card=card_id, before=plan.before.to_json(),
+                  after=after.to_json(), resealed=resealed)
+        return plan
 
     def card(self, session: Session, card_id: str, *, lock: bool = False) -> Card:
         stmt = select(Card).where(Card.card_id == card_id)

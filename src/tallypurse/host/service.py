@@ -7,7 +7,7 @@ PostgreSQL database at once.
 from __future__ import annotations
 
 from tallypurse.core.cert import KeyRef
-from tallypurse.keystore.base import HOST_API, HOST_LIST, HOST_LOAD, ISSUER_ROOT, KeyStore
+from tallypurse.keystore.base import HOST_LIST, HOST_LOAD, KeyStore
 
 from .agent import AgentDebits
 from .bank import BankConnector, SandboxBank
@@ -23,6 +23,7 @@ from .registry import Registry
 from .reports import Reports
 from .settlement import Settlements
 from .tms import Tms
+from .trust import Trust
 from .writeback import WriteBacks
 
 
@@ -44,6 +45,7 @@ class Host:
         self.clock = clock
         self.bank: BankConnector = bank if bank is not None else SandboxBank()
         self.registry = Registry(self)
+        self.trust = Trust(self)
         self.tms = Tms(self)
         self.lists = Lists(self)
         self.writebacks = WriteBacks(self)
@@ -69,9 +71,10 @@ class Host:
         return self.keys.current(HOST_LOAD)
 
     def roots(self) -> dict[KeyRef, bytes]:
-        """Every version of the issuer root (certificates may be signed by older ones)."""
-        return {r: self.keys.public_key(r) for r in self.keys.refs() if r.name == ISSUER_ROOT}
+        """Every issuer root version in force (certificates may be signed by older ones);
+        a revoked version is no longer trusted."""
+        return self.trust.roots()
 
     def host_certificates(self) -> list[bytes]:
-        return [self.keys.certificate(self.keys.current(n)).encode()
-                for n in (HOST_LIST, HOST_LOAD, HOST_API)]
+        """Every host key version in force, under every root in force (see host.trust)."""
+        return self.trust.host_certificates()

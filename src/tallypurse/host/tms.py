@@ -203,11 +203,18 @@ class Tms:
 
     # --- parameters -------------------------------------------------------------------------------
     def parameters(self, session: Session) -> SignedParameters:
-        """The current signed parameters (version 1, the defaults, if none were published)."""
+        """The current signed parameters (version 1, the defaults, if none were published).
+        Parameters signed with an older list key are signed again with the current one
+        (same version), and kept so in the session's transaction."""
         row = session.scalar(select(ParameterSet).order_by(ParameterSet.version.desc()).limit(1))
         if row is None:
             return self._sign(DEFAULT_PARAMETERS)
-        return SignedParameters.model_validate_json(row.document)
+        signed = SignedParameters.model_validate_json(row.document)
+        if signed.key != str(self.host.list_key()):
+            signed = self._sign(signed.parameters)
+            row.document = signed.model_dump_json()
+            log_event("parameters_resigned", version=signed.parameters.version, key=signed.key)
+        return signed
 
     def publish_parameters(self, **changes: Any) -> SignedParameters:
         """A new version of the parameters with ``changes`` applied, signed."""
@@ -234,12 +241,20 @@ class Tms:
         with self.host.uow() as uow:
             s = uow.session
             params = self.parameters(s)
+            trust = None
+            if body.trust_tag != self.host.trust.tag():
+                terminal = s.get(Terminal, terminal_id)
+                assert terminal is not None  # the request was signed by its key
+                trust = self.host.trust.bundle(terminal)
+                log_event("terminal_trust_sent", terminal=terminal_id, tag=trust.tag)
             answer = SyncResponse(
                 blacklist=self.host.lists.signed(s, BLACKLIST, body.blacklist_version),
                 actions=self.host.lists.signed(s, ACTIONS, body.actions_version),
+                # after a key change, the parameters again: signed with the current list key
                 parameters=params if params.parameters.version != body.parameters_version
-                else None,
+                or trust is not None else None,
                 host_time=self.host.now(),
+                trust=trust,
             )
             s.execute(update(Terminal).where(Terminal.terminal_id == terminal_id).values(
                 blacklist_version=body.blacklist_version, actions_version=body.actions_version,

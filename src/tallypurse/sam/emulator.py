@@ -178,6 +178,7 @@ class Sam:
 
     __slots__ = (
         "__weakref__",
+        "_alternates",
         "_cache",
         "_certificate",
         "_closed",
@@ -219,6 +220,7 @@ class Sam:
         self._public = crypto.encode_public_key(key.public_key())
         self._terminal_id = terminal_id
         self._certificate = certificate
+        self._alternates: list[bytes] = []  # the same key certified under other roots
         self._roots = roots
         self._next_seq = high_water
         self._reserved = high_water  # numbers below this are durably reserved
@@ -344,6 +346,7 @@ class Sam:
                 KeyRef.decode(name.encode("ascii")): bytes.fromhex(point)
                 for name, point in roots_doc.items()
             }
+            alternates = [bytes.fromhex(c) for c in doc.get("alternate_certificates", [])]
         except KeystoreError:
             raise
         except (KeyError, TypeError, ValueError, AttributeError, DecodeError):
@@ -369,7 +372,14 @@ class Sam:
                 corrupt("stored certificate is malformed")
             if c.public_key != public or c.holder != tid:
                 corrupt("stored certificate is not this SAM's")
-        return cls(
+        for raw_alt in alternates:
+            try:
+                alt = certs.parse(raw_alt)
+            except CertificateError:
+                corrupt("stored alternate certificate is malformed")
+            if alt.public_key != public or alt.holder != tid:
+                corrupt("stored alternate certificate is not this SAM's")
+        sam = cls(
             _CONSTRUCT,
             path=p,
             key=key,
@@ -382,6 +392,8 @@ class Sam:
             sequence_block=sequence_block,
             card_cache_size=card_cache_size,
         )
+        sam._alternates = alternates
+        return sam
 
     def _document(self, high_water: int) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -394,6 +406,8 @@ class Sam:
             "trusted_roots": {str(ref): point.hex() for ref, point in self._roots.items()},
             "sequence_high_water": high_water,
         }
+        if self._alternates:  # absent until a key rotation: older files stay valid
+            doc["alternate_certificates"] = [c.hex() for c in self._alternates]
         seal = crypto.sign(self._key, signed_data(_canonical(doc), purpose=PURPOSE_STATE))
         doc["seal"] = seal.hex()
         return doc
@@ -474,8 +488,56 @@ class Sam:
         return self._certificate
 
     @property
+    def certificates(self) -> list[bytes]:
+        """The terminal certificate, then the same key certified under other trusted roots
+        (while several issuer roots are in force): a card refuses a certificate from a root
+        it does not hold, and the terminal shows it the next one."""
+        if self._certificate is None:
+            raise KeystoreError("the SAM is not enrolled: no certificate installed")
+        return [self._certificate, *self._alternates]
+
+    @property
     def trusted_roots(self) -> dict[KeyRef, bytes]:
         return dict(self._roots)
+
+    def update_trust(
+        self, roots: dict[KeyRef, bytes], certificates: list[bytes], *, at: int
+    ) -> None:
+        """Replace the trusted roots and the SAM's certificates after a key rotation.
+
+        Every certificate must verify against ``roots`` as this SAM's TERMINAL
+        certificate at ``at``; the first becomes the certificate, the others (one per
+        other root) the alternates. With no certificate given, the current ones are kept
+        if they still verify against ``roots``. CertificateError (or BadInput) and no
+        change otherwise.
+        """
+        new_roots = _check_roots(roots)
+        with self._lock:
+            self._check_open()
+            given = list(certificates) or [
+                c for c in self.certificates if certs.parse(c).authority in new_roots]
+        if not given:
+            raise CertificateError("no certificate of this SAM is from a root still trusted")
+        kept: list[bytes] = []
+        authorities: set[KeyRef] = set()
+        for raw in given:
+            c = certs.verify(bytes(raw), new_roots, role=CertRole.TERMINAL, at=at,
+                             holder=self._terminal_id)
+            if c.public_key != self._public:
+                raise CertificateError("certificate is for another public key than this SAM's")
+            if c.authority not in authorities:
+                authorities.add(c.authority)
+                kept.append(c.encode())
+        with self._lock:
+            self._check_open()
+            old = (self._certificate, self._alternates, self._roots)
+            self._certificate, self._alternates, self._roots = kept[0], kept[1:], new_roots
+            try:
+                self._save()
+            except BaseException:
+                self._certificate, self._alternates, self._roots = old
+                raise
+            self._cache.clear()
 
     def certificate_request(self) -> bytes:
         """A signed :class:`CertificateRequest` (terminal id, public key, proof of possession)."""
@@ -504,12 +566,12 @@ class Sam:
             raise CertificateError("certificate is for another public key than this SAM's")
         with self._lock:
             self._check_open()
-            old = (self._certificate, self._roots)
-            self._certificate, self._roots = c.encode(), new_roots
+            old = (self._certificate, self._alternates, self._roots)
+            self._certificate, self._alternates, self._roots = c.encode(), [], new_roots
             try:
                 self._save()
             except BaseException:
-                self._certificate, self._roots = old
+                self._certificate, self._alternates, self._roots = old
                 raise
             self._cache.clear()
 

@@ -178,6 +178,30 @@ class Checks:
     def final(self) -> None:
         self.daily()
         clone_ids = {c.card_id for c in self.subject.copies()}
+        cards, events, host_cards, purse_view, conflicts, debts = self._book()
+        self.signatures(events, conflicts, host_cards)
+        self.card_chains(cards, events, host_cards, purse_view, clone_ids)
+        self.effects_once(events)
+        self.terminals_hold_nothing()
+        self.debts_and_slots(cards, debts, clone_ids)
+        self.loads(events)
+        self.value(cards, events, debts, clone_ids)
+        self.online_once()
+        self.merchants(events, conflicts)
+        self.clones(host_cards)
+        self.alerts()
+
+    def money(self) -> None:
+        """Rule 1 alone: the ledger balances and every card's chain is the host's view."""
+        self.ledger_balances()
+        cards, events, host_cards, purse_view, _, _ = self._book()
+        self.card_chains(cards, events, host_cards, purse_view,
+                         {c.card_id for c in self.subject.copies()})
+
+    def _book(self) -> tuple[dict[str, CardState], dict[str, list[CardEventRow]],
+                             dict[str, Card], dict[str, int], list[CardEventConflict],
+                             list[Debt]]:
+        """The cards as they are, and what the host recorded of them."""
         cards = {cid: read_card(port) for cid, port in self.subject.cards().items()}
         with self.host.uow() as uow:
             s = uow.session
@@ -192,17 +216,7 @@ class Checks:
             conflicts = list(s.scalars(select(CardEventConflict)))
             debts = list(s.scalars(select(Debt)))
             s.expunge_all()  # keep what was read when the unit of work ends
-        self.signatures(events, conflicts, host_cards)
-        self.card_chains(cards, events, host_cards, purse_view, clone_ids)
-        self.effects_once(events)
-        self.terminals_hold_nothing()
-        self.debts_and_slots(cards, debts, clone_ids)
-        self.loads(events)
-        self.value(cards, events, debts, clone_ids)
-        self.online_once()
-        self.merchants(events, conflicts)
-        self.clones(host_cards)
-        self.alerts()
+        return cards, events, host_cards, purse_view, conflicts, debts
 
     def signatures(self, events: dict[str, list[CardEventRow]],
                    conflicts: list[CardEventConflict], host_cards: dict[str, Card]) -> None:

@@ -27,7 +27,7 @@ import uvicorn
 from tallypurse.card.card import Card
 from tallypurse.host.api import create_app
 from tallypurse.host.bank import SandboxBank
-from tallypurse.host.bootstrap import open_host, open_keystore
+from tallypurse.host.bootstrap import following_keystore, open_host, open_keystore
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
@@ -59,17 +59,22 @@ class EmbeddedHost:
     free loopback port in a background thread."""
 
     def __init__(self, data_dir: Path, *, db_url: str = "",
-                 bank: SandboxBank | None = None) -> None:
+                 bank: SandboxBank | None = None, db: Database | None = None,
+                 port: int = 0) -> None:
+        """``db`` serves an open database instead of ``db_url``'s; ``port`` (a port a
+        stopped EmbeddedHost used) restarts a host where its terminals expect it."""
         settings = HostSettings(data_dir=Path(data_dir), db_url=db_url)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        db = Database.connect(settings.database_url)
+        if db is None:
+            db = Database.connect(settings.database_url)
         upgrade(db)
         self.bank = bank or SandboxBank()
-        self.host = Host(db, open_keystore(settings), settings=settings, bank=self.bank)
+        keys = following_keystore(settings, open_keystore(settings))
+        self.host = Host(db, keys, settings=settings, bank=self.bank)
         self.app = create_app(self.host)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.bind(("127.0.0.1", port))
         self.port = int(self._sock.getsockname()[1])
         self.url = f"http://127.0.0.1:{self.port}"
         self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning",

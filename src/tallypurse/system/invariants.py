@@ -110,3 +110,14 @@ def _held(rule: str, c: Counter[str], copied: int, code: str) -> str:
         "merchants_paid_once": f"merchants settled {format_minor(c['merchants.gross'], cur)} once, "
                                "as their terminals' card events add up",
     }.get(rule, RULES[rule])
+
+
+def money_conserved(host: Host, cards: list[Card]) -> Result:
+    """Rule 1 alone, for a host and the cards it served (no copies, no tills): the ledger
+    balances and each card's own balance chain equals the host's events and purse view."""
+    day = DemoDay(host, cards, [], {}, final_sync_at=0)
+    Checks(day).money()
+    broken = [detail for rule, detail in day.violations if rule == "money_conserved"]
+    if broken:
+        return False, "; ".join(broken[:3])
+    return True, _held("money_conserved", day.counts, 0, day.currency)

@@ -96,7 +96,7 @@ from .journal import (
     Tx,
     WriteHook,
 )
-from .lists import Lists, host_keys_from_certificates
+from .lists import Lists, host_keys_from_certificates, verify_trust
 from .outbox import FlushReport, Item, Kind, Outbox
 from .reader import Reader
 from .receipts import Receipt
@@ -1106,9 +1106,20 @@ class Terminal:
         """Blacklist check, INITIALIZE PURCHASE with the SAM's certificate, card checks."""
         self._check_blacklist(tap)
         purse = tap.purse
-        session = self._call(
-            lambda: purse.initialize_purchase(self.sam.certificate), "INITIALIZE PURCHASE"
-        )
+
+        def initialize() -> PurchaseSession:
+            # While several issuer roots are in force the SAM holds a certificate under
+            # each; a card refuses one from a root it does not hold: show it the next.
+            certificates = self.sam.certificates
+            for i, certificate in enumerate(certificates):
+                try:
+                    return purse.initialize_purchase(certificate)
+                except CardError as exc:
+                    if exc.sw != SW.INVALID_CERTIFICATE or i + 1 == len(certificates):
+                        raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+        session = self._call(initialize, "INITIALIZE PURCHASE")
         self._check_card(tap, flags=session.flags, expiry=session.expiry,
                          currency=session.currency)
         return session
@@ -1184,6 +1195,7 @@ class Terminal:
             blacklist_version=self.lists.version("blacklist"),
             actions_version=self.lists.version("actions"),
             parameters_version=self.lists.parameters.version if self.lists.parameters else 0,
+            trust_tag=self.db.get_meta("trust_tag") or "",
         )
         try:
             resp = host.sync(request)
@@ -1192,13 +1204,37 @@ class Terminal:
         except HostRejected as exc:
             raise TerminalError(f"sync refused by the host: {exc}") from None
         now = self._now()
-        with self.db.write() as tx:
-            changes = self.lists.apply(
-                tx, now=now, blacklist=resp.blacklist, actions=resp.actions,
-                parameters=resp.parameters,
-            )
-            Database.set_meta(tx, "last_sync", str(now))
-            Database.set_meta(tx, "host_time", str(resp.host_time))
+        trust = None
+        old_list_keys = self.lists.list_keys
+        if resp.trust is not None:
+            # Keys were rotated or revoked: verify the new trust first, install it in the
+            # SAM, then verify and apply the lists and parameters with the new list keys.
+            trust = verify_trust(resp.trust, self.sam.trusted_roots, at=now)
+            try:
+                self.sam.update_trust(trust.roots, trust.terminal_certificates, at=now)
+            except CertificateError as exc:
+                raise ListRejected(f"trust bundle: {exc.message}") from None
+            self.lists.list_keys = trust.host_keys.get(CertRole.HOST_LIST, {})
+        try:
+            with self.db.write() as tx:
+                changes = self.lists.apply(
+                    tx, now=now, blacklist=resp.blacklist, actions=resp.actions,
+                    parameters=resp.parameters,
+                )
+                Database.set_meta(tx, "last_sync", str(now))
+                Database.set_meta(tx, "host_time", str(resp.host_time))
+                if trust is not None and resp.trust is not None:
+                    Database.set_meta(tx, "host_certificates",
+                                      json.dumps([c.hex() for c in trust.host_certificates]))
+                    Database.set_meta(tx, "trust_tag", resp.trust.tag)
+        except BaseException:
+            self.lists.list_keys = old_list_keys
+            raise
+        if trust is not None and resp.trust is not None:
+            self.host_keys = trust.host_keys
+            self._credit_ok.clear()
+            changes["trust"] = {"tag": resp.trust.tag, "roots": sorted(map(str, trust.roots)),
+                                "list_keys": sorted(map(str, self.lists.list_keys))}
         return {"changes": changes, "host_time": resp.host_time, "outbox": flushed}
 
     def _deliver(self, item: Item) -> BaseModel:

@@ -22,12 +22,13 @@ from typing import Any
 
 from tallypurse.core import cert
 from tallypurse.core.cert import KeyRef
-from tallypurse.core.errors import BadInput, CertificateError
+from tallypurse.core.errors import BadInput, CertificateError, DecodeError
 from tallypurse.core.hostapi import (
     ActionEntry,
     Parameters,
     SignedList,
     SignedParameters,
+    TrustBundle,
     verify_signed,
 )
 from tallypurse.core.money import currency
@@ -56,6 +57,53 @@ def host_keys_from_certificates(
             raise ListRejected(f"host certificate does not verify: {exc}") from None
         out.setdefault(c.role, {})[ref] = c.public_key
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class NewTrust:
+    """A verified TrustBundle: what the terminal trusts from now on."""
+
+    roots: dict[KeyRef, bytes]
+    terminal_certificates: list[bytes]
+    host_certificates: list[bytes]
+    host_keys: dict[CertRole, dict[KeyRef, bytes]]
+
+
+def verify_trust(bundle: TrustBundle, roots: dict[KeyRef, bytes], *, at: int) -> NewTrust:
+    """Check a TrustBundle against the roots the terminal trusts (ListRejected if it
+    does not hold together). A new root is learnt only from a link certificate signed by
+    a root already trusted; trusted roots the host no longer names are dropped; host and
+    terminal certificates are kept only under the roots that remain."""
+    try:
+        links = [cert.parse(bytes.fromhex(c)) for c in bundle.root_certificates]
+        named = {KeyRef.decode(r.encode("ascii")) for r in bundle.roots}
+        known = dict(roots)
+        learning = True
+        while learning:
+            learning = False
+            for link in links:
+                ref = KeyRef.decode(link.holder)
+                if ref in known or link.authority not in known:
+                    continue
+                c = cert.verify(link, known, role=CertRole.ROOT, at=at)
+                known[ref] = c.public_key
+                learning = True
+        kept = {ref: point for ref, point in known.items() if ref in named}
+        if not kept:
+            raise ListRejected("the host names no issuer root this terminal trusts")
+
+        def under_kept(raw: list[str]) -> list[bytes]:
+            out = [bytes.fromhex(c) for c in raw]
+            return [c for c in out if cert.parse(c).authority in kept]
+
+        terminal_certs = under_kept(bundle.terminal_certificates)
+        host_certs = under_kept(bundle.host_certificates)
+    except (CertificateError, DecodeError, ValueError) as exc:
+        raise ListRejected(f"trust bundle does not verify: {exc}") from None
+    keys = host_keys_from_certificates(host_certs, kept, at=at)
+    if not keys.get(CertRole.HOST_LIST):
+        raise ListRejected("trust bundle has no host list key under a trusted root")
+    return NewTrust(kept, terminal_certs, host_certs, keys)
 
 
 def load_blacklist(db: Database) -> set[bytes]:
