@@ -69,7 +69,6 @@ from tallypurse.credit import (
 from tallypurse.credit.indicators import DAY, DEFAULT_WINDOW_DAYS
 from tallypurse.host.credit_data import HolderInputs, load_inputs
 from tallypurse.host.db.models import (
-    AuditRecord,
     Card,
     Cardholder,
     CreditDecision,
@@ -620,12 +619,13 @@ class HostCredit:
             s = uow.session
             holder = self._lock(s, [holder_id])[0]
             s.add(row)
-            s.add(AuditRecord(at=now, actor=row.actor[:64], role=role[:16],
-                              action=f"credit_{row.action}"[:48], target=holder_id,
-                              reason=row.reason, outcome="done", detail=detail[:1000],
-                              source=(source or "host credit")[:64]))
             s.flush()
             outcome = self._score(s, holder, now, trigger=row.action, apply=True)
+            # last in the transaction: it takes the audit chain's lock until the commit
+            self.host.audit.append(s, actor=row.actor, role=role,
+                                   action=f"credit_{row.action}", target=holder_id,
+                                   reason=row.reason, outcome="done", detail=detail,
+                                   source=source or "host credit")
             uow.commit()
         return outcome
 
