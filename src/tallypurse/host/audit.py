@@ -165,43 +165,48 @@ class AuditLog:
         prev_id: int | None = None
         prev_hash = GENESIS
         with self.host.db.reader() as s:
-            head = s.get(AuditHead, HEAD_ID)
-            for row in s.execute(stmt):
-                records += 1
-                values = dict(zip(FIELDS, row[:len(FIELDS)], strict=True))
-                row_id = int(values["id"])
-                stored_prev, stored_hash = str(row[-2]), str(row[-1])
-                if stored_prev != prev_hash:
-                    expected = 1 if prev_id is None else prev_id + 1
-                    if row_id > expected:
-                        before = f"id {prev_id}" if prev_id is not None else "the start"
-                        return ChainReport(False, records, expected,
-                                           f"rows missing between {before} and id {row_id}: "
-                                           f"id {row_id} links to another predecessor",
-                                           prev_hash)
-                    return ChainReport(False, records, row_id,
-                                       f"id {row_id}: prev_hash altered", prev_hash)
-                if row_hash(stored_prev, values) != stored_hash:
-                    return ChainReport(False, records, row_id,
-                                       f"id {row_id}: a field was altered (its hash does not "
-                                       "match)", prev_hash)
-                prev_id, prev_hash = row_id, stored_hash
+            head = s.execute(select(AuditHead.last_id, AuditHead.last_hash)
+                             .where(AuditHead.id == HEAD_ID)).first()
+            result = s.execute(stmt)  # streamed (a server-side cursor on PostgreSQL)
+            try:
+                for row in result:
+                    records += 1
+                    values = dict(zip(FIELDS, row[:len(FIELDS)], strict=True))
+                    row_id = int(values["id"])
+                    stored_prev, stored_hash = str(row[-2]), str(row[-1])
+                    if stored_prev != prev_hash:
+                        expected = 1 if prev_id is None else prev_id + 1
+                        if row_id > expected:
+                            before = f"id {prev_id}" if prev_id is not None else "the start"
+                            return ChainReport(False, records, expected,
+                                               f"rows missing between {before} and id {row_id}: "
+                                               f"id {row_id} links to another predecessor",
+                                               prev_hash)
+                        return ChainReport(False, records, row_id,
+                                           f"id {row_id}: prev_hash altered", prev_hash)
+                    if row_hash(stored_prev, values) != stored_hash:
+                        return ChainReport(False, records, row_id,
+                                           f"id {row_id}: a field was altered (its hash does not "
+                                           "match)", prev_hash)
+                    prev_id, prev_hash = row_id, stored_hash
+            finally:
+                result.close()
         if head is None:
             if records:
                 return ChainReport(False, records, None, "the chain's head record is missing",
                                    prev_hash)
             return ChainReport(True, 0)
-        if prev_id is None or prev_id < head.last_id:
-            first = 1 if prev_id is None else prev_id + 1
-            return ChainReport(False, records, first,
+        last_id = prev_id or 0
+        if last_id < head.last_id:
+            return ChainReport(False, records, last_id + 1,
                                f"rows cut off the end: the head names id {head.last_id}, "
-                               f"the last row is {prev_id}", prev_hash)
-        if prev_id > head.last_id:
+                               f"the last row is id {last_id}", prev_hash)
+        if last_id > head.last_id:
             return ChainReport(False, records, head.last_id + 1,
                                f"rows after id {head.last_id} were not appended through the "
                                "chain's head", prev_hash)
         if head.last_hash != prev_hash:
-            return ChainReport(False, records, prev_id,
-                               f"id {prev_id}: does not match the hash the head keeps",
+            return ChainReport(False, records, last_id,
+                               f"id {last_id}: does not match the hash the head keeps",
                                prev_hash)
-        return ChainReport(True, records, head=prev_hash)
+        return ChainReport(True, records, head=prev_hash)  # (0 records: the genesis hash)
