@@ -48,6 +48,7 @@ def opened(db: str | None, data_dir: Path | None, *, migrate: bool = False) -> I
     """A host for one command; errors become one line on stderr and exit status 2."""
     from tallypurse.host.bootstrap import open_host
 
+    host: Host | None = None
     try:
         host = open_host(settings(db, data_dir))
         if migrate:
@@ -55,8 +56,9 @@ def opened(db: str | None, data_dir: Path | None, *, migrate: bool = False) -> I
         yield host
     except TallypurseError as exc:
         fail(exc.message)
-    else:
-        host.db.dispose()
+    finally:
+        if host is not None:
+            host.db.dispose()
 
 
 @contextmanager

@@ -191,8 +191,8 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
 
     # --- every request: body size, rate limits, the operator audit (api/guard.py) ----------------
     host.limits.listeners.append(lambda kind: metrics.rate_limited.labels(kind).inc())
-    app.add_middleware(OperatorAudit, host=host,
-                       audited_by_service=frozenset({"credit_override", "credit_clear_override"}))
+    app.add_middleware(OperatorAudit, host=host, audited_by_service={
+        "credit_override": "credit_override", "credit_clear_override": "credit_clear"})
     app.add_middleware(RequestGuard, host=host)
 
     # --- metrics middleware ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from fastapi.concurrency import run_in_threadpool
@@ -133,16 +133,17 @@ class OperatorAudit:
     detail. Outcome: done (2xx/3xx), refused (401/403), failed (any other error,
     with the problem's code). Requests with no valid token are not operator
     actions (the metrics count them). Routes whose service writes its own entry
-    in the action's transaction (grades set by hand) are written here only when
-    they fail.
+    in the action's transaction (grades set by hand: ``audited_by_service`` maps
+    the route to the action name the service writes) are written here only when
+    they fail, under that name.
     """
 
     def __init__(self, app: ASGIApp, host: Host, *, prefix: str = "/v1/ops/",
-                 audited_by_service: frozenset[str] = frozenset()) -> None:
+                 audited_by_service: Mapping[str, str] | None = None) -> None:
         self.app = app
         self.host = host
         self.prefix = prefix
-        self.audited_by_service = audited_by_service
+        self.audited_by_service = dict(audited_by_service or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] not in WRITES
@@ -180,8 +181,10 @@ class OperatorAudit:
         if who is None:
             return
         route = getattr(scope.get("route"), "name", None) or str(scope["path"])
-        if status < 400 and route in self.audited_by_service:
-            return
+        if route in self.audited_by_service:
+            if status < 400:
+                return
+            route = self.audited_by_service[route]
         data = _json_object(body)
         reason = data.get("reason")
         if not isinstance(reason, str):
