@@ -4,6 +4,7 @@ added row named by its id. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 from collections.abc import Iterator
@@ -64,7 +65,7 @@ def test_each_row_links_to_the_one_before_and_the_chain_verifies(host: Host) -> 
                                    .order_by(AuditRecord.id)).all()
         head = uow.session.execute(sa.select(AuditHead.last_id, AuditHead.last_hash)).one()
     assert rows[0].prev_hash == GENESIS
-    for before, row in zip(rows, rows[1:], strict=False):
+    for before, row in itertools.pairwise(rows):
         assert row.prev_hash == before.hash
     assert tuple(head) == (5, rows[-1].hash)
     report = host.audit.verify()
@@ -138,7 +139,7 @@ def test_concurrent_appenders_never_fork_the_chain(host: Host) -> None:
             for i in range(each):
                 host.audit.record(actor=f"worker{n}", role="operator", action="settlement.run",
                                   target=str(i), source="test")
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:  # reported below
             errors.append(exc)
 
     workers = [threading.Thread(target=appender, args=(n,)) for n in range(threads)]
