@@ -12,7 +12,13 @@
 
 Errors are RFC 9457 problem documents (``application/problem+json``) with a
 stable numeric ``code`` (:mod:`tallypurse.host.errors`). The app keeps no
-state between requests: everything is in the database.
+state between requests: everything is in the database, but for the rate
+limits' token buckets, kept per process.
+
+Every request first passes :mod:`tallypurse.host.api.guard`: the body size
+limit (413), the rate limit of its address (429 with ``Retry-After``; proven
+identities are counted where they are proven), and, for operator actions, the
+audit log.
 """
 
 from __future__ import annotations
