@@ -117,6 +117,18 @@ def test_an_address_is_limited_for_anonymous_requests_and_made_up_credentials(
     assert_429(world.http.get("/console/login"))
 
 
+def test_proven_identities_do_not_spend_their_address(world: World) -> None:
+    assert world.client is not None
+    limit(world, "address", 2)
+    token = {"Authorization": "Bearer " + create_token(world.host, "auditor")}
+    sync = api.SyncRequest(blacklist_version=0, actions_version=0, parameters_version=0)
+    for _ in range(5):
+        assert world.http.get("/v1/reports/alerts", headers=token).status_code == 200
+        assert world.client.post(api.ROUTES["sync"],
+                                 sync.model_dump_json().encode()).status_code == 200
+    assert [world.http.get("/health").status_code for _ in range(3)] == [200, 200, 429]
+
+
 # --- body size: every kind of route -----------------------------------------------------------
 @pytest.fixture
 def too_big(world: World) -> Iterator[bytes]:
