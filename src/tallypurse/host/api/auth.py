@@ -90,8 +90,8 @@ def principal(host: Host, authorization: str | None, allowed: tuple[Role, ...]) 
     token = authorization[7:].strip()
     digest = _hash(token)
     with host.uow() as uow:
-        # looked up by its SHA-256, the index of a table of hashes: what a wrong token
-        # takes to be refused tells nothing about the tokens that exist
+        # looked up by its SHA-256 (an index of hashes): how long a wrong token takes to
+        # be refused tells nothing about the bytes of any real token
         row = uow.session.get(ApiToken, digest)
         if row is None or row.revoked_at is not None:
             raise HostError(TOKEN_INVALID)
