@@ -43,14 +43,19 @@ def test_a_bucket_refills_at_its_rate_up_to_its_burst() -> None:
             Limit(*bad)
 
 
-def test_idle_buckets_are_forgotten_beyond_the_key_limit() -> None:
+def test_buckets_are_forgotten_beyond_the_key_limit_full_ones_first() -> None:
     now = FakeTime()
     buckets = TokenBuckets(Limit(rate=1.0, burst=1), clock=now, max_keys=10)
     for i in range(10):
         buckets.take(f"k{i}")
-    now.t += 5  # every bucket full again
+    now.t += 5  # every bucket full again: all forgotten, nothing lost
     buckets.take("k10")
-    assert len(buckets._buckets) <= 10
+    assert set(buckets._buckets) == {"k10"}
+    for i in range(11, 21):  # ten busy keys, one after the other: the oldest go first
+        now.t += 0.01
+        buckets.take(f"k{i}")
+    assert len(buckets._buckets) == 5 and "k20" in buckets._buckets
+    assert buckets.take("k20") > 0  # a key kept keeps its empty bucket
 
 
 def test_the_defaults_are_far_above_what_a_busy_terminal_sends() -> None:

@@ -100,12 +100,16 @@ class TokenBuckets:
             return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.limit.rate
 
     def _prune(self, now: float) -> None:
+        """Forget full buckets (a full bucket is what a new key gets anyway), then, if
+        more than half the limit are left, the least recently used: down to half, so
+        that the next prune is ``max_keys / 2`` new keys away."""
         full = [k for k in self._buckets if self._level(k, now) >= self.limit.burst]
         for key in full:
             del self._buckets[key]
-        if len(self._buckets) > self.max_keys:  # still too many: forget the oldest half
+        excess = len(self._buckets) - self.max_keys // 2
+        if excess > 0:
             oldest = sorted(self._buckets, key=lambda k: self._buckets[k][1])
-            for key in oldest[: len(oldest) // 2]:
+            for key in oldest[:excess]:
                 del self._buckets[key]
 
 
