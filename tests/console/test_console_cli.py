@@ -43,5 +43,6 @@ def test_users_are_added_listed_disabled_and_audited(tmp_path: Path,
         monkeypatch.setenv(name, value)
     host = open_host(HostSettings(data_dir=data), create_keystore=False)
     assert authenticate(host, "mia", "a long password") is None  # disabled
-    assert [e.action for e in audit.entries(host)] == ["user.disable", "user.add"]
+    assert [e.action for e in audit.entries(host)] == [
+        "user.disable", "user.add", "merchant.add"]  # every command that changes something
     host.db.dispose()

@@ -34,10 +34,12 @@ def file_candidate(world: World, version: str = "fitted-x") -> ModelRegistry:
     return registry
 
 
-def audited(world: World) -> list[tuple[str, str, str, str]]:
+def audited(world: World, outcome: str = "done") -> list[tuple[str, str, str, str]]:
+    """The promotions on the operator audit log that ended with ``outcome``."""
     with world.host.uow() as uow:
         return [(a.actor, a.action, a.target, a.reason) for a in uow.session.scalars(
-            sa.select(AuditRecord).where(AuditRecord.action == "credit_promote")
+            sa.select(AuditRecord).where(AuditRecord.action == "credit_promote",
+                                         AuditRecord.outcome == outcome)
             .order_by(AuditRecord.id))]
 
 

@@ -148,8 +148,9 @@ def test_the_api_explains_to_auditors_and_lets_operators_override(world: World) 
     assert done.status_code == 200 and done.json()["grade"] == "D"
     assert done.json()["published"][0]["version"] == 2
     with world.host.uow() as uow:
-        assert uow.session.scalar(sa.select(AuditRecord.actor).where(
-            AuditRecord.action == "credit_override")) == "olga"
+        rows = uow.session.execute(sa.select(AuditRecord.actor, AuditRecord.outcome).where(
+            AuditRecord.action == "credit_override").order_by(AuditRecord.id)).all()
+    assert [tuple(r) for r in rows] == [("audrey", "refused"), ("olga", "done")]
     assert [a.kind for a in open_actions(world, card)] == ["credit_record"]
 
     ran = world.http.post("/v1/ops/credit/run", json={}, headers=operator)

@@ -191,7 +191,10 @@ def test_an_operator_finds_an_unconfirmed_load_and_voids_it_back_to_its_source(
                           headers=auditor).status_code == 422
     with world.host.uow() as uow:
         audit = uow.session.scalars(sa.select(AuditRecord).where(
-            AuditRecord.action == "load_void")).one()
+            AuditRecord.action == "load_void", AuditRecord.outcome == "done")).one()
+        refused = uow.session.scalars(sa.select(AuditRecord).where(
+            AuditRecord.action == "load_void", AuditRecord.outcome == "refused")).one()
+        assert refused.role == "auditor"  # the auditor's attempt is on record too
         assert (audit.actor, audit.target, audit.reason, audit.source) == (
             "olga", load_id, "customer kept the cash", "api")
 
@@ -223,7 +226,9 @@ def test_a_void_is_refused_with_a_problem_and_changes_nothing(world: World) -> N
     assert (world.host.reports.reconciliation(),
             {i: status_of(world, i) for i in ids.values()}) == before
     with world.host.uow() as uow:
-        assert uow.session.scalar(sa.select(sa.func.count()).select_from(AuditRecord)) == 1
+        outcomes = dict(uow.session.execute(
+            sa.select(AuditRecord.outcome, sa.func.count()).group_by(AuditRecord.outcome)).all())
+    assert outcomes == {"done": 1, "failed": len(cases)}  # each refusal is on record too
 
 
 def test_clearing_tells_whether_an_unconfirmed_authorisation_can_still_be_on_the_card(

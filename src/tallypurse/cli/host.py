@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tallypurse.core.errors import TallypurseError
+from tallypurse.core.errors import BadInput, TallypurseError
 from tallypurse.core.money import Money
 from tallypurse.host.config import (
     ENV_DATA_DIR,
@@ -45,6 +45,9 @@ KeystoreOption = Annotated[str | None, typer.Option(
     f"[default: ${ENV_KEYSTORE}, else the software keystore in the data directory]",
     show_default=False)]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+ReasonOption = Annotated[str, typer.Option("--reason", help="Why (kept in the audit log).")]
+ByOption = Annotated[str | None, typer.Option(
+    "--by", help="Who does it (kept in the audit log) [login name].", show_default=False)]
 
 
 def settings(db: str | None, data_dir: Path | None, keystore: str | None = None,
@@ -78,6 +81,34 @@ def opened(db: str | None, data_dir: Path | None, keystore: str | None = None, *
             host.keys.close()
 
 
+@contextmanager
+def audited(host: Host, action: str, target: str = "", *, reason: str = "",
+            by: str | None = None, done: bool = True) -> Iterator[list[str]]:
+    """Run an operator action and append it to the audit log, done or failed (with
+    who, why and what); lines added to the yielded list become its detail. ``done``
+    False: the service writes the entry of a success itself, in the action's own
+    transaction (grades set by hand), and only a failure is written here."""
+    import socket
+
+    detail: list[str] = []
+    entry = {"actor": _who(by), "role": "operator", "action": action, "target": target,
+             "reason": reason.strip(), "source": f"cli {socket.gethostname()}"}
+    try:
+        yield detail
+    except Exception as exc:
+        message = exc.message if isinstance(exc, TallypurseError) else exc.__class__.__name__
+        host.audit.record(**entry, outcome="failed", detail=message)
+        raise
+    if done:
+        host.audit.record(**entry, outcome="done", detail="; ".join(detail))
+
+
+def need_reason(reason: str) -> str:
+    if len(reason.strip()) < 3:
+        raise typer.BadParameter("say why, in a few words (--reason): it goes in the audit log")
+    return reason.strip()
+
+
 def echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -93,7 +124,8 @@ def parse_day(text: str | None) -> dt.date:
 
 @app.command()
 def migrate(db: DbOption = None, data_dir: DataDirOption = None,
-    keystore: KeystoreOption = None) -> None:
+    keystore: KeystoreOption = None,
+) -> None:
     """Create or upgrade the database schema (Alembic) and the keystore if missing."""
     with opened(db, data_dir, keystore, migrate=True) as host:
         url = host.db.engine.url.render_as_string()
@@ -140,13 +172,20 @@ def serve(
 def audit(db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None, as_json: JsonOption = False
           ) -> None:
-    """Prove that the ledger sums to zero and every balance equals its postings.
-    Exit status 1 when it does not."""
+    """Prove that the ledger sums to zero and every balance equals its postings, and
+    that the operator audit log's hash chain is whole. Exit status 1 when either fails."""
     with opened(db, data_dir, keystore) as host:
         report = host.reports.audit()
+        chain = host.audit.verify()
+    report["audit_log"] = chain.to_json()
     if as_json:
         echo_json(report)
     else:
+        if chain.ok:
+            typer.echo(f"audit log: chain whole ({chain.records} records, head {chain.head})")
+        else:
+            typer.echo(f"audit log: chain BROKEN at id {chain.first_broken}: {chain.problem} "
+                       f"({chain.records} records read)")
         counts = report["counts"]
         typer.echo(f"balanced: {'yes' if report['balanced'] else 'NO'}  "
                    f"({counts['transactions']} transactions, {counts['postings']} postings, "
@@ -156,7 +195,7 @@ def audit(db: DbOption = None, data_dir: DataDirOption = None,
         for kind, rows in report["differences"].items():
             for row in rows:
                 typer.echo(f"  {kind}: {row}")
-    if not report["balanced"]:
+    if not report["balanced"] or not chain.ok:
         raise typer.Exit(1)
 
 
@@ -170,15 +209,18 @@ def token_create(
     role: Annotated[str, typer.Option(help="operator, auditor or merchant")],
     merchant: Annotated[str | None, typer.Option(help="The merchant (role merchant).")] = None,
     name: Annotated[str, typer.Option(help="Who holds it.")] = "",
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None,
 ) -> None:
-    """Create a token; it is shown once."""
+    """Create a token; it is shown once (the audit log keeps who got one, not the token)."""
     from tallypurse.host.api.auth import create_token
 
     if role not in ("operator", "auditor", "merchant"):
         raise typer.BadParameter("role is operator, auditor or merchant")
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "token.create", role, reason=reason, by=by) as detail:
+        detail.append(f"name {name!r}" + (f", merchant {merchant}" if merchant else ""))
         typer.echo(create_token(host, role, merchant_id=merchant, name=name))
 
 
@@ -189,26 +231,33 @@ def merchant_add(
     bic: Annotated[str, typer.Option(help="Payout BIC.")],
     fee_bp: Annotated[int, typer.Option(help="Fee in basis points.", min=0, max=10_000)] = 0,
     merchant_id: Annotated[str | None, typer.Option("--id", help="Merchant id.")] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None,
 ) -> None:
     """Register a merchant; prints its id."""
-    with opened(db, data_dir, keystore) as host:
-        typer.echo(host.registry.create_merchant(name, iban=iban, bic=bic,
-                                                 fee_basis_points=fee_bp,
-                                                 merchant_id=merchant_id))
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "merchant.add", merchant_id or name, reason=reason, by=by) as detail:
+        created = host.registry.create_merchant(name, iban=iban, bic=bic,
+                                                fee_basis_points=fee_bp,
+                                                merchant_id=merchant_id)
+        detail.append(f"merchant {created} {name!r}, IBAN {iban}, BIC {bic}, fee {fee_bp} bp")
+        typer.echo(created)
 
 
 @app.command("terminal-add")
 def terminal_add(
     merchant: Annotated[str, typer.Option(help="The merchant the terminal belongs to.")],
     terminal_id: Annotated[str | None, typer.Option("--id", help="16 hex digits.")] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Register a terminal; prints its id and a one-time enrolment token."""
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "terminal.add", terminal_id or merchant, reason=reason, by=by) as detail:
         tid, token = host.tms.create_terminal(merchant, terminal_id)
+        detail.append(f"terminal {tid} of merchant {merchant}; enrolment token issued")
     if as_json:
         echo_json({"terminal_id": tid, "enrolment_token": token})
     else:
@@ -233,13 +282,117 @@ def terminals(db: DbOption = None, data_dir: DataDirOption = None,
 
 
 @app.command("terminal-revoke")
-def terminal_revoke(terminal_id: str, db: DbOption = None, data_dir: DataDirOption = None,
-    keystore: KeystoreOption = None
-                    ) -> None:
+def terminal_revoke(terminal_id: str, reason: ReasonOption, by: ByOption = None,
+                    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
+) -> None:
     """Revoke a terminal: its requests are refused from now on."""
-    with opened(db, data_dir, keystore) as host:
-        host.tms.revoke(terminal_id)
+    why = need_reason(reason)
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "terminal.revoke", terminal_id, reason=why, by=by):
+        host.tms.revoke(terminal_id, why)
     typer.echo(f"terminal {terminal_id} revoked")
+
+
+@app.command("terminal-token")
+def terminal_token(terminal_id: str, reason: ReasonOption = "", by: ByOption = None,
+                   db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
+) -> None:
+    """A fresh one-time enrolment token for a terminal (renewal, a replaced SAM)."""
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "terminal.token", terminal_id, reason=reason, by=by) as detail:
+        token = host.tms.new_token(terminal_id)
+        detail.append("enrolment token issued")
+    typer.echo(f"enrolment token {token}")
+
+
+CARD_STATUSES = {"blocked": "card.block", "lost": "card.block", "stolen": "card.block",
+                 "active": "card.unblock"}
+
+
+@app.command("card-status")
+def card_status(
+    card_id: Annotated[str, typer.Argument(help="The card: 16 hex digits.")],
+    status: Annotated[str, typer.Option(help="blocked, lost, stolen (all blacklist the "
+                                             "card) or active (off the blacklist).")],
+    reason: ReasonOption, by: ByOption = None,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
+) -> None:
+    """Block a card (blocked, lost, stolen: on the blacklist) or unblock it (active)."""
+    if status not in CARD_STATUSES:
+        raise typer.BadParameter("status is blocked, lost, stolen or active")
+    why = need_reason(reason)
+    card = card_id.lower()
+    with opened(db, data_dir, keystore) as host, audited(
+            host, CARD_STATUSES[status], card, reason=why, by=by) as detail:
+        host.registry.set_card_status(card, status, reason=why)
+        detail.append(f"status {status}")
+    typer.echo(f"card {card} is {status}" + (" and on the blacklist" if status != "active"
+                                             else " and off the blacklist"))
+
+
+@app.command("card-replace")
+def card_replace(
+    card_id: Annotated[str, typer.Argument(help="The lost, stolen or blocked card.")],
+    new_card: Annotated[str, typer.Option("--new", help="The replacement card (issued to "
+                                                        "the same cardholder).")],
+    reason: ReasonOption, by: ByOption = None,
+    db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
+) -> None:
+    """Replace a card: what the host holds for it moves to the cardholder's online
+    account, from where it loads the new card."""
+    why = need_reason(reason)
+    old, new = card_id.lower(), new_card.lower()
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "card.replace", old, reason=why, by=by) as detail:
+        moved = host.registry.replace_card(old, new)
+        detail.append(f"replaced by {new}; {moved} minor units moved to the online account")
+    typer.echo(f"card {old} replaced by {new}; {moved} minor units moved")
+
+
+@app.command("parameters")
+def parameters(
+    reason: ReasonOption,
+    offline_limit: Annotated[int | None, typer.Option(min=0, help="Offline limit, minor "
+                                                                  "units.")] = None,
+    online_threshold: Annotated[int | None, typer.Option(min=0, help="Online threshold, "
+                                                                     "minor units.")] = None,
+    max_list_age: Annotated[int | None, typer.Option(
+        "--max-list-age-s", min=60, help="Oldest lists a terminal may work with, s.")] = None,
+    cancel_window: Annotated[int | None, typer.Option(
+        "--cancel-window-s", min=0, max=3600, help="How long a purchase may be cancelled, "
+                                                   "s.")] = None,
+    by: ByOption = None, db: DbOption = None, data_dir: DataDirOption = None,
+    keystore: KeystoreOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish a new signed version of the terminal parameters with these changes."""
+    from pydantic import ValidationError
+
+    changes = {k: v for k, v in {"offline_limit": offline_limit,
+                                 "online_threshold": online_threshold,
+                                 "max_list_age_s": max_list_age,
+                                 "cancel_window_s": cancel_window}.items() if v is not None}
+    if not changes:
+        raise typer.BadParameter("name at least one parameter to change")
+    why = need_reason(reason)
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "parameters.publish", "parameters", reason=why, by=by) as detail:
+        try:
+            signed = host.tms.publish_parameters(**changes)
+        except ValidationError as exc:
+            raise BadInput(f"parameters do not validate: {exc.errors()[0]['msg']}"
+                                  ) from None
+        detail.append(f"version {signed.parameters.version}: "
+                      + json.dumps(changes, sort_keys=True))
+    if as_json:
+        echo_json(signed.model_dump(mode="json"))
+    else:
+        typer.echo(f"parameters version {signed.parameters.version} published: "
+                   + ", ".join(f"{k} {v}" for k, v in sorted(changes.items())))
 
 
 @app.command("cardholder-add")
@@ -248,12 +401,16 @@ def cardholder_add(
     funds: Annotated[str | None, typer.Option(help="Initial online balance, e.g. 50.00")] = None,
     iban: Annotated[str | None, typer.Option(help="Linked bank account IBAN.")] = None,
     bic: Annotated[str | None, typer.Option(help="Linked bank account BIC.")] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None,
 ) -> None:
     """Register a cardholder with an online account (and a linked bank account)."""
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "cardholder.add", name, reason=reason, by=by) as detail:
         holder = host.registry.create_cardholder(name)
+        detail.append(f"cardholder {holder}" + (f", funds {funds}" if funds else "")
+                      + (f", bank account {iban}" if iban else ""))
         if funds:
             host.registry.fund_online_account(holder, Money.parse(funds, "EUR").minor,
                                               f"initial-{holder}")
@@ -267,6 +424,7 @@ def card_issue(
     card_file: Annotated[Path, typer.Option(help="Card file to create (the card emulator).")],
     serial: Annotated[str, typer.Option(help="Card serial: 16 hex digits.")],
     cardholder: Annotated[str | None, typer.Option(help="Cardholder id.")] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None,
 ) -> None:
@@ -278,7 +436,9 @@ def card_issue(
     card_serial = parse_serial(serial)
     if card_file.exists():
         fail(f"{card_file} already exists")
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "card.issue", card_serial.hex(), reason=reason, by=by) as detail:
+        detail.append(f"cardholder {cardholder}" if cardholder else "no cardholder")
         card = Card.manufacture(card_serial, path=card_file)
         try:
             host.registry.issue_card(card, serial=card_serial, cardholder_id=cardholder)
@@ -348,14 +508,18 @@ def settle(
     day: Annotated[str | None, typer.Option(help="Business day YYYY-MM-DD [today].")] = None,
     out: Annotated[Path | None, typer.Option(help="Directory for the report and pain.001.",
                                              file_okay=False)] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """Settle every merchant for a day; write the report (CSV, JSON) and the payout file."""
     when = parse_day(day)
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "settlement.run", str(when), reason=reason, by=by) as detail:
         views = host.settlement.run(when)
         xml = host.settlement.payout_file(when)
+        detail.append(f"{len(views)} merchant(s) settled; payout file "
+                      f"{'written' if xml is not None else 'not needed'}")
         report = host.settlement.report_csv(host.settlement.settlements(day=when))
         rows = [v.to_json() for v in host.settlement.settlements(day=when)]
     if out is not None:
@@ -375,12 +539,16 @@ def settle(
 def collect(
     day: Annotated[str | None, typer.Option(help="Business day YYYY-MM-DD [today].")] = None,
     out: Annotated[Path | None, typer.Option(help="Where to write the pain.008.")] = None,
+    reason: ReasonOption = "", by: ByOption = None,
     db: DbOption = None, data_dir: DataDirOption = None,
     keystore: KeystoreOption = None,
 ) -> None:
     """Write a pain.008 direct-debit file for the debts in collection."""
-    with opened(db, data_dir, keystore) as host:
-        xml = host.settlement.collections_file(parse_day(day))
+    when = parse_day(day)
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "collection.file", str(when), reason=reason, by=by) as detail:
+        xml = host.settlement.collections_file(when)
+        detail.append("pain.008 written" if xml is not None else "nothing to collect")
     if xml is None:
         typer.echo("nothing to collect")
     elif out is None:
@@ -392,7 +560,8 @@ def collect(
 
 @app.command()
 def tick(db: DbOption = None, data_dir: DataDirOption = None,
-    keystore: KeystoreOption = None) -> None:
+    keystore: KeystoreOption = None,
+) -> None:
     """Periodic work: fetch bank outcomes, blacklist long-unpaid debts, re-score
     cardholders whose debts were settled since their last credit decision."""
     with opened(db, data_dir, keystore) as host:
@@ -449,8 +618,11 @@ def credit_run(
     """The daily batch: score every active cardholder (once per day), apply the grades,
     write back changed credit records to their cards."""
     day = parse_day(as_of) if as_of is not None else None
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "credit_run", str(day or "")) as detail:
         report = host.credit.run(day).to_json()
+        detail.append(f"{report['scored']} scored, {len(report['grade_changes'])} grade "
+                      "change(s)")
     if as_json:
         echo_json(report)
         return
@@ -537,8 +709,10 @@ def credit_rescore(ref: RefArgument, db: DbOption = None, data_dir: DataDirOptio
     keystore: KeystoreOption = None,
                    as_json: JsonOption = False) -> None:
     """Score one cardholder now, apply the grade and write back changed records."""
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "credit_rescore", ref) as detail:
         outcome = host.credit.rescore(ref, trigger="manual").to_json()
+        detail.append(f"grade {outcome['previous_grade']} -> {outcome['grade']}")
     _print_outcome(outcome, as_json)
 
 
@@ -578,7 +752,8 @@ def credit_override(
         chosen = Grade.parse(grade)
     except TallypurseError as exc:
         fail(exc.message)
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "credit_override", ref, reason=reason, by=by, done=False):
         expires = (host.now() + days * 86_400 if days is not None
                    else end_of_day(parse_day(until)) if until is not None else None)
         outcome = host.credit.override(ref, chosen, reason=reason, actor=_who(by),
@@ -595,7 +770,8 @@ def credit_clear_override(
     keystore: KeystoreOption = None, as_json: JsonOption = False,
 ) -> None:
     """End a cardholder's override: the model's grade applies again at once."""
-    with opened(db, data_dir, keystore) as host:
+    with opened(db, data_dir, keystore) as host, audited(
+            host, "credit_clear", ref, reason=reason, by=by, done=False):
         outcome = host.credit.clear_override(ref, reason=reason, actor=_who(by),
                                              source="cli").to_json()
     _print_outcome(outcome, as_json)

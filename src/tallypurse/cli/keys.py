@@ -661,7 +661,7 @@ def rekey_card(
     current versions; afterwards the old versions no longer open the card."""
     from tallypurse.card.card import Card
 
-    from .host import opened
+    from .host import audited, opened
 
     _check_who(operator, reason)
     if not card_file.is_file():
@@ -683,7 +683,9 @@ def rekey_card(
             typer.echo(f"dry run: would log it in {log.path}; nothing changed")
             return
         now = int(time.time())
-        plan = _run(lambda: host.registry.rekey_card(card))
+        with audited(host, "card.rekey", card_id, reason=reason, by=operator) as detail:
+            plan = _run(lambda: host.registry.rekey_card(card))
+            detail.extend(plan.steps)
     typer.echo(f"re-keyed card {card_id}:")
     for step in plan.steps:
         typer.echo(f"  {step}")
@@ -702,8 +704,8 @@ def revoke_terminal(
 ) -> None:
     """Revoke a terminal at the host: every request it signs is refused from now on.
 
-    Logged in the ceremony log of the host's keystore."""
-    from .host import opened
+    Logged in the ceremony log of the host's keystore and in the operator audit log."""
+    from .host import audited, opened
 
     _check_who(operator, reason)
     log = _host_log(db, data_dir, ceremony_log)
@@ -721,7 +723,8 @@ def revoke_terminal(
             )
             return
         now = int(time.time())
-        _run(lambda: host.tms.revoke(terminal_id, reason))
+        with audited(host, "terminal.revoke", terminal_id, reason=reason, by=operator):
+            _run(lambda: host.tms.revoke(terminal_id, reason))
     typer.echo(f"revoked terminal {terminal_id} (merchant {status.merchant_id})")
     _record(log, "revoke-terminal", operator, reason,
             {"terminal": terminal_id, "merchant": status.merchant_id,

@@ -58,6 +58,16 @@ class HostSettings:
     max_load: int = 100_000
     # collections
     collection_blacklist_after_s: int = 30 * 86400
+    # rate limits: a token bucket per identity and process (tallypurse.host.ratelimit);
+    # requests a second and burst; a rate of 0 turns that limit off
+    rate_terminal_per_s: float = 500.0
+    rate_terminal_burst: int = 5000
+    rate_token_per_s: float = 100.0
+    rate_token_burst: int = 1000
+    rate_console_per_s: float = 20.0
+    rate_console_burst: int = 400
+    rate_address_per_s: float = 50.0
+    rate_address_burst: int = 1000
     operator: OperatorIdentity = field(default_factory=OperatorIdentity)
 
     @property

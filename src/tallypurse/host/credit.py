@@ -71,7 +71,6 @@ from tallypurse.credit.indicators import DAY, DEFAULT_WINDOW_DAYS
 from tallypurse.credit.registry import RegistryError, UnknownModel
 from tallypurse.host.credit_data import HolderInputs, load_inputs
 from tallypurse.host.db.models import (
-    AuditRecord,
     Card,
     Cardholder,
     CreditDecision,
@@ -297,13 +296,12 @@ class HostCredit:
         except BadInput as exc:  # the registry refuses, or the model's file does not load
             raise HostError(CONFLICT, exc.message) from None
         with self.host.uow() as uow:
-            uow.session.add(AuditRecord(
-                at=self.host.now(), actor=promotion.by[:64], role=role[:16],
-                action="credit_promote", target=promotion.version[:64],
-                reason=promotion.reason, outcome="done",
+            self.host.audit.append(
+                uow.session, actor=promotion.by, role=role, action="credit_promote",
+                target=promotion.version, reason=promotion.reason, outcome="done",
                 detail=f"{promotion.previous} -> {promotion.version} "
-                       f"(sha256 {promotion.sha256})"[:1000],
-                source=(source or "host credit")[:64]))
+                       f"(sha256 {promotion.sha256})",
+                source=source or "host credit")
             uow.commit()
         log_event("credit_model_promoted", version=promotion.version,
                   previous=promotion.previous, by=promotion.by)
@@ -667,12 +665,13 @@ class HostCredit:
             s = uow.session
             holder = self._lock(s, [holder_id])[0]
             s.add(row)
-            s.add(AuditRecord(at=now, actor=row.actor[:64], role=role[:16],
-                              action=f"credit_{row.action}"[:48], target=holder_id,
-                              reason=row.reason, outcome="done", detail=detail[:1000],
-                              source=(source or "host credit")[:64]))
             s.flush()
             outcome = self._score(s, holder, now, trigger=row.action, apply=True)
+            # last in the transaction: it takes the audit chain's lock until the commit
+            self.host.audit.append(s, actor=row.actor, role=role,
+                                   action=f"credit_{row.action}", target=holder_id,
+                                   reason=row.reason, outcome="done", detail=detail,
+                                   source=source or "host credit")
             uow.commit()
         return outcome
 

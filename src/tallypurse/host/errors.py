@@ -26,6 +26,8 @@ VALIDATION           = Code(2002, 422, "Request body does not validate", "valida
 TOO_LARGE            = Code(2003, 413, "Request body too large", "too-large")
 NOT_FOUND            = Code(2004, 404, "Not found", "not-found")
 METHOD_NOT_ALLOWED   = Code(2005, 405, "Method not allowed", "method-not-allowed")
+RATE_LIMITED         = Code(2006, 429, "Too many requests; retry after Retry-After seconds",
+                            "rate-limited")
 SIGNATURE_MISSING    = Code(2101, 401, "Request signature missing", "signature-missing")
 SIGNATURE_INVALID    = Code(2102, 401, "Request signature invalid", "signature-invalid")
 SIGNATURE_STALE      = Code(2103, 401, "Request signature too old or in the future",

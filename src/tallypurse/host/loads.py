@@ -45,7 +45,7 @@ from tallypurse.core.errors import DecodeError
 from tallypurse.core.hostapi import Ack, LoadAuthorisationResponse, LoadConfirm, LoadRequest
 from tallypurse.core.messages import CardEvent, LoadAuthorisation, SignedEvent
 from tallypurse.core.protocol import EventKind
-from tallypurse.host.db.models import Alert, AuditRecord, CardEventRow, JournalRecord, LoadRow
+from tallypurse.host.db.models import Alert, CardEventRow, JournalRecord, LoadRow
 from tallypurse.host.errors import (
     CARD_BLOCKED,
     CONFLICT,
@@ -243,14 +243,14 @@ class Loads:
                 (target, -row.amount),
             ], value_time=now, card_id=row.card_id, memo=f"void by {by}: {reason}"[:200]))
             row.status = "voided"
-            s.add(AuditRecord(at=now, actor=by[:64], role=role[:16], action="load_void",
-                              target=load_id, reason=reason[:500], outcome="done",
-                              detail=f"{row.amount} {row.currency} back to {target}; "
-                                     f"evidence {evidence}: {detail}"[:1000],
-                              source=(source or "host loads")[:64]))
             out = self._view(s, row) | {"refunded_to": str(target), "evidence": evidence,
                                         "evidence_detail": detail, "voided_at": now,
                                         "by": by, "reason": reason}
+            self.host.audit.append(s, actor=by, role=role, action="load_void", target=load_id,
+                                   reason=reason, outcome="done",
+                                   detail=f"{row.amount} {row.currency} back to {target}; "
+                                          f"evidence {evidence}: {detail}",
+                                   source=source or "host loads")
             uow.commit()
         log_event("load_voided", load=load_id, card=out["card_id"], amount=out["amount"],
                   evidence=evidence, by=by)

@@ -10,6 +10,7 @@ from tallypurse.core.cert import KeyRef
 from tallypurse.keystore.base import HOST_LIST, HOST_LOAD, KeyStore
 
 from .agent import AgentDebits
+from .audit import AuditLog
 from .bank import BankConnector, SandboxBank
 from .clearing import Clearing
 from .common import Clock, wall_clock
@@ -19,6 +20,7 @@ from .db.engine import Database, UnitOfWork
 from .lists import Lists
 from .loads import Loads
 from .online import Online
+from .ratelimit import Limit, RateLimits
 from .registry import Registry
 from .reports import Reports
 from .settlement import Settlements
@@ -56,6 +58,14 @@ class Host:
         self.settlement = Settlements(self)
         self.reports = Reports(self)
         self.credit = HostCredit(self)
+        self.audit = AuditLog(self)
+        st = self.settings
+        self.limits = RateLimits({
+            "terminal": Limit(st.rate_terminal_per_s, st.rate_terminal_burst),
+            "token": Limit(st.rate_token_per_s, st.rate_token_burst),
+            "console": Limit(st.rate_console_per_s, st.rate_console_burst),
+            "address": Limit(st.rate_address_per_s, st.rate_address_burst),
+        })
 
     def now(self) -> int:
         return self.clock()

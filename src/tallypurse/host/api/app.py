@@ -12,7 +12,13 @@
 
 Errors are RFC 9457 problem documents (``application/problem+json``) with a
 stable numeric ``code`` (:mod:`tallypurse.host.errors`). The app keeps no
-state between requests: everything is in the database.
+state between requests: everything is in the database, but for the rate
+limits' token buckets, kept per process.
+
+Every request first passes :mod:`tallypurse.host.api.guard`: the body size
+limit (413), the rate limit of its address (429 with ``Retry-After``; proven
+identities are counted where they are proven), and, for operator actions, the
+audit log.
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ from tallypurse.core.errors import BadInput, CryptoError, TallypurseError
 from tallypurse.host import errors as E
 from tallypurse.host.db.migrate import current_revision, head_revision
 from tallypurse.host.errors import HostError
+from tallypurse.host.ratelimit import RateLimited
 from tallypurse.host.service import Host
 
 from . import schemas as S
 from .auth import Principal, Role, authenticate_terminal, create_token, principal
+from .guard import OperatorAudit, RequestGuard
 
 log = logging.getLogger("tallypurse.host.api")
 PROBLEM = "application/problem+json"
@@ -88,6 +96,8 @@ class Metrics:
                                      ["outcome"], registry=registry)
         self.online = Counter("tallypurse_online_authorisations", "Online authorisations",
                               ["approved"], registry=registry)
+        self.rate_limited = Counter("tallypurse_rate_limited", "Requests refused by a rate "
+                                    "limit (HTTP 429)", ["identity"], registry=registry)
 
     def exposition(self) -> bytes:
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -108,7 +118,11 @@ def needs(*roles: Role) -> Callable[[Request, HTTPAuthorizationCredentials | Non
 
     def dependency(request: Request, creds: Creds) -> Principal:
         host: Host = request.app.state.host
-        return principal(host, f"Bearer {creds.credentials}" if creds else None, roles)
+        who = principal(host, f"Bearer {creds.credentials}" if creds else None, tuple(Role))
+        request.state.principal = who  # for the audit log (guard.OperatorAudit)
+        if who.role not in roles:
+            raise HostError(E.FORBIDDEN, f"{who.role} may not use this endpoint")
+        return who
 
     return dependency
 
@@ -123,7 +137,7 @@ PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"description": "a problem document (RFC 9457)",
              "content": {"application/problem+json": {
                  "schema": {"$ref": "#/components/schemas/Problem"}}}}
-    for status in (400, 401, 403, 404, 409, 413, 422, 503)
+    for status in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
 
 
@@ -144,7 +158,10 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
     @app.exception_handler(HostError)
     async def _host_error(_: Request, exc: HostError) -> JSONResponse:
         metrics.problems.labels(str(exc.code)).inc()
-        return problem(exc.what, exc.detail)
+        response = problem(exc.what, exc.detail)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -177,6 +194,13 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         body = api.Problem(type=E.PROBLEM_BASE + "refused", title="Refused", status=422,
                            detail=exc.message, code=exc.code)
         return JSONResponse(body.model_dump(), status_code=422, media_type=PROBLEM)
+
+    # --- every request: body size, rate limits, the operator audit (api/guard.py) ----------------
+    host.limits.listeners.append(lambda kind: metrics.rate_limited.labels(kind).inc())
+    app.add_middleware(OperatorAudit, host=host, audited_by_service={
+        "credit_override": "credit_override", "credit_clear_override": "credit_clear",
+        "load_void": "load_void", "credit_promote": "credit_promote"})
+    app.add_middleware(RequestGuard, host=host)
 
     # --- metrics middleware ---------------------------------------------------------------------
     @app.middleware("http")

@@ -88,11 +88,15 @@ def principal(host: Host, authorization: str | None, allowed: tuple[Role, ...]) 
     if not authorization or not authorization.lower().startswith("bearer "):
         raise HostError(TOKEN_MISSING, "send Authorization: Bearer <token>")
     token = authorization[7:].strip()
+    digest = _hash(token)
     with host.uow() as uow:
-        row = uow.session.get(ApiToken, _hash(token))
+        # looked up by its SHA-256 (an index of hashes): how long a wrong token takes to
+        # be refused tells nothing about the bytes of any real token
+        row = uow.session.get(ApiToken, digest)
         if row is None or row.revoked_at is not None:
             raise HostError(TOKEN_INVALID)
         who = Principal(Role(row.role), row.merchant_id, row.name)
+    host.limits.charge("token", digest)  # counted once the token is known (ratelimit)
     if who.role not in allowed:
         raise HostError(FORBIDDEN, f"{who.role} may not use this endpoint")
     return who
@@ -128,6 +132,7 @@ def authenticate_terminal(host: Host, method: str, url: str, headers: Mapping[st
                                   skew=settings.clock_skew_s)
     except SignatureError as exc:
         raise HostError(_REASONS[exc.reason], exc.message) from None
+    host.limits.charge("terminal", verified.key_id)  # counted once the signature verified
     remember_nonce(host, verified.key_id, verified.nonce, verified.created)
     return verified.key_id
 

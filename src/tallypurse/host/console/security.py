@@ -88,10 +88,12 @@ def current_user(request: Request) -> User:
     name = request.session.get("user")
     if not isinstance(name, str):
         raise LoginRequired
-    user = active_user(host_of(request), name)
+    host = host_of(request)
+    user = active_user(host, name)
     if user is None:
         request.session.clear()
         raise LoginRequired
+    host.limits.charge("console", user.username)  # counted once the session is valid
     return user
 
 

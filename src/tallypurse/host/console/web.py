@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Awaitable, Callable
+from html import escape
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlsplit
@@ -31,6 +32,7 @@ from tallypurse.credit import Grade
 from tallypurse.host import errors as E
 from tallypurse.host.api.auth import Role
 from tallypurse.host.errors import HostError
+from tallypurse.host.ratelimit import RateLimited
 from tallypurse.host.service import Host
 
 from . import audit, views
@@ -222,6 +224,10 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
             status, title = exc.what.status, exc.what.title
             if exc.what == E.UNKNOWN_CARD:
                 status = 404
+        if isinstance(exc, RateLimited):  # no page to render: the user is the one too quick
+            return HTMLResponse(f"<p>{escape(title)}: {escape(exc.message)}</p>",
+                                status_code=status,
+                                headers={"Retry-After": str(exc.retry_after)})
         return await run_in_threadpool(lambda: pages.render(
             request, "error.html", _user_or_none(request), status=status, title=title,
             message=exc.message))

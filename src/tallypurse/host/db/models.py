@@ -520,7 +520,9 @@ class ConsoleUser(Base):
 
 class AuditRecord(Base):
     """One operator action: who did what to what, when, why, and how it ended.
-    Append-only: the database refuses any UPDATE or DELETE (triggers)."""
+    Append-only: the database refuses any UPDATE or DELETE (triggers). Hash-chained:
+    ``hash`` is SHA-256 over the row and ``prev_hash`` (the hash of the row before it),
+    see :mod:`tallypurse.host.audit`."""
 
     __tablename__ = "audit_log"
     id: Mapped[int] = mapped_column(PK, primary_key=True)
@@ -533,7 +535,19 @@ class AuditRecord(Base):
     outcome: Mapped[str] = mapped_column(String(16))  # done, refused, failed
     detail: Mapped[str] = mapped_column(String(1000), default="")
     source: Mapped[str] = mapped_column(String(64), default="")
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (Index(None, "at"), Index(None, "target"))
+
+
+class AuditHead(Base):
+    """The audit chain's newest link (one row, ``id`` 1): the last row's id and hash,
+    so that rows cut off the end of the log are seen too."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    last_hash: Mapped[str] = mapped_column(String(64))
 
 
 # --- credit system (see tallypurse.host.credit) ---------------------------------------------------
