@@ -156,6 +156,8 @@ def test_people_need_a_token_with_the_right_role(world: World) -> None:
     assert made.status_code == 200
     audit = world.http.get("/v1/reports/audit", headers={"Authorization": f"Bearer {auditor}"})
     assert audit.status_code == 200 and audit.json()["balanced"] is True
+    chain = audit.json()["audit_log"]  # the operator audit log's chain, checked too
+    assert chain["ok"] is True and chain["records"] >= 2  # the refusal and the cardholder
     assert world.http.get("/metrics").status_code == 401
     metrics = world.http.get("/metrics", headers={"Authorization": f"Bearer {auditor}"})
     assert "tallypurse_http_requests_total" in metrics.text

@@ -22,6 +22,8 @@ ENV_DB = "TALLYPURSE_HOST_DB"
 ENV_DATA_DIR = "TALLYPURSE_HOST_DATA_DIR"
 ENV_PUBLIC_URL = "TALLYPURSE_HOST_PUBLIC_URL"
 ENV_KEYSTORE = "TALLYPURSE_KEYSTORE"
+ENV_RATE = "TALLYPURSE_HOST_RATE_"  # + TERMINAL, TOKEN, CONSOLE or ADDRESS: "RATE/BURST" or "0"
+RATE_IDENTITIES = ("terminal", "token", "console", "address")
 DEFAULT_DATA_DIR = Path("tallypurse-host")
 
 
@@ -92,12 +94,18 @@ class HostSettings:
             public_url=os.environ.get(ENV_PUBLIC_URL, ""),
             keystore=os.environ.get(ENV_KEYSTORE, ""),
         )
+        settings = replace(settings, **rate_limits_from_env(os.environ))  # type: ignore[arg-type]
         given = {k: v for k, v in overrides.items() if v is not None}
         settings = replace(settings, **given)  # type: ignore[arg-type]
         settings.check()
         return settings
 
     def check(self) -> None:
+        for who in RATE_IDENTITIES:
+            rate, burst = getattr(self, f"rate_{who}_per_s"), getattr(self, f"rate_{who}_burst")
+            if rate < 0 or burst < 1:
+                raise BadInput(f"the {who} rate limit must be 0 (off) or positive, "
+                               "with a burst of at least 1")
         if self.signature_max_age_s < 10 or self.clock_skew_s < 0:
             raise BadInput("signature age and clock skew must be sensible")
         if self.max_batch_entries < 1 or self.max_body_bytes < 1024:
@@ -118,3 +126,27 @@ def check_keystore_uri(spec: str) -> None:
         if part.partition("=")[0].strip() == "pin-value":
             raise BadInput("the host takes no PIN in its keystore URI; "
                            "give pin-source=env:VAR and put the PIN in that variable")
+
+
+def rate_limits_from_env(env: os._Environ[str] | dict[str, str]) -> dict[str, float | int]:
+    """``TALLYPURSE_HOST_RATE_TERMINAL=500/5000`` (requests a second / burst), or ``=0``
+    to turn that limit off; the same for TOKEN, CONSOLE and ADDRESS."""
+    out: dict[str, float | int] = {}
+    for who in RATE_IDENTITIES:
+        name = ENV_RATE + who.upper()
+        text = env.get(name, "").strip()
+        if not text:
+            continue
+        rate_text, _, burst_text = text.partition("/")
+        try:
+            rate = float(rate_text)
+            burst = int(burst_text) if burst_text else None
+        except ValueError:
+            raise BadInput(f"${name} is RATE/BURST (e.g. 500/5000) or 0, not {text!r}"
+                           ) from None
+        if rate != rate or rate < 0 or (burst is not None and burst < 1):  # NaN, negative
+            raise BadInput(f"${name}: a rate of 0 or more and a burst of 1 or more")
+        out[f"rate_{who}_per_s"] = rate
+        if burst is not None:
+            out[f"rate_{who}_burst"] = burst
+    return out

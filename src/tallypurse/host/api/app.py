@@ -449,7 +449,9 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
 
     @app.get("/v1/reports/audit", tags=["reports"], responses=problems)
     def audit(_: Reader) -> dict[str, Any]:
-        return host.reports.audit()
+        """The ledger audit (``balanced``) and the operator audit log's chain
+        (``audit_log.ok``), as ``tallypurse host audit --json`` prints them."""
+        return host.reports.audit() | {"audit_log": host.audit.verify().to_json()}
 
     @app.get("/v1/reports/gaps", tags=["reports"], responses=problems)
     def gaps(_: Reader, older_than_s: Annotated[int | None, Query(ge=0)] = None
