@@ -107,7 +107,11 @@ async def test_a_split_purchase_shows_both_parts_and_fits_an_80x24_screen(
         assert "purse                   5.00 EUR" in receipt
         box = app.query_one("#outcome-box")
         assert box.max_scroll_y == 0  # the whole receipt is on screen
-        assert "outbox   1 waiting" in shown(app, "status")  # the agent debit
+        screen = app.export_screenshot().replace("&#160;", " ")
+        for key in ("f2 Pay", "f3 Load", "f4 Cancel", "f5 Sync", "f6 Tap", "f7 Type",
+                    "f8 Mode", "f9 Close", "^q Quit"):  # every key shows in the footer
+            assert key.split()[1] in screen and key.split()[0] in screen, key
+        assert "outbox    1 waiting" in shown(app, "status")  # the agent debit
     assert purse.balance == 0
     assert [(ref > 0, amount) for _state, ref, amount in purse.debts()] == [(True, 400)]
 
@@ -164,7 +168,7 @@ async def test_an_interrupted_tap_asks_for_the_card_again_and_shows_the_recovere
     terminal: Terminal, new_purse: Callable[..., Purse]
 ) -> None:
     purse = new_purse(5_000)
-    torn = InProcessReader(Tearing(purse.card, Ins.DEBIT, lose=True))  # type: ignore[arg-type]
+    torn = InProcessReader(Tearing(purse.card, Ins.DEBIT, lose=True))
     taps = Taps(torn, purse.reader)
     app = CashierApp(terminal, taps, tx_type="canteen")
     async with app.run_test(size=SIZE) as pilot:
@@ -174,14 +178,14 @@ async def test_an_interrupted_tap_asks_for_the_card_again_and_shows_the_recovere
         assert "no receipt until then" in shown(app, "details")
         assert shown(app, "receipt") == ""
         assert app.amount_text == "3.00"  # kept for the next tap
-        assert "attempts 1 open - TAP THAT CARD" in shown(app, "status")
+        assert "attempts  1 open - TAP THAT CARD" in shown(app, "status")
         await pilot.press("f2")
         await done(app, pilot)
         assert app.last is not None and app.last.kind == APPROVED
         assert shown(app, "headline").strip() == "APPROVED 3.00 EUR (RECOVERED)"
         assert "nothing new was charged" in shown(app, "details")
         assert "completed after an interrupted tap" in shown(app, "receipt")
-        assert "attempts 0 open" in shown(app, "status")
+        assert "attempts  0 open" in shown(app, "status")
     assert taps.count == 2
     assert purse.balance == 4_700  # charged once
     assert [e.kind for e in terminal.journal.entries(None)] == ["debit"]
@@ -210,7 +214,7 @@ async def test_cash_load_cancel_and_online_mode_go_through_the_engine(
         await key_in(app, pilot, "2.00", "f2")
         assert shown(app, "headline").strip() == "APPROVED 2.00 EUR"
         assert "ONLINE PURCHASE" in shown(app, "receipt")
-        assert "host     online" in shown(app, "status")
+        assert "host      online" in shown(app, "status")
     assert purse.balance == 3_000  # the online account paid
     assert [e.kind for e in terminal.journal.entries(None)] == ["load", "debit", "cancel",
                                                                "online"]

@@ -40,11 +40,7 @@ from .engine import CloseDayReport, TapResult, Terminal
 from .errors import DeclineCode, Declined, TapInterrupted
 from .reader import Reader
 
-MODES: tuple[tuple[str, str], ...] = (
-    ("auto", "auto (online above the offline limit)"),
-    ("offline", "offline"),
-    ("online", "online (online account)"),
-)
+MODES: tuple[str, ...] = ("auto", "offline", "online")
 TX_TYPES: tuple[str, ...] = tuple(t.name.lower() for t in TxType)
 STATUS_REFRESH_S = 10.0
 
@@ -95,27 +91,29 @@ def age(seconds: int | float | None) -> str:
 def status_lines(data: dict[str, Any], host_state: str) -> list[str]:
     """The status panel: journal counts, outbox depth, lists, last sync, host."""
     j, o, lists = data["journal"], data["outbox"], data["lists"]
-    attempts = j["attempts"]
+
+    def row(label: str, value: str) -> str:
+        return f"{label:<10}{value}"
+
     uncertain = len(data["open_attempts"])
     out = [
-        f"journal  {j['unacknowledged']} unacked / {j['limit'] or '-'}",
-        f"         head {j['head_seq']}, {attempts.get('committed', 0)} committed",
-        f"attempts {uncertain} open" + (" - TAP THAT CARD" if uncertain else ""),
-        f"outbox   {o['depth']} waiting"
-        + (f", {len(o['rejected'])} refused" if o["rejected"] else ""),
+        row("journal", f"{j['unacknowledged']} unacked / {j['limit'] or '-'}"),
+        row("", f"head {j['head_seq']}, {j['attempts'].get('committed', 0)} committed"),
+        row("attempts", f"{uncertain} open" + (" - TAP THAT CARD" if uncertain else "")),
+        row("outbox", f"{o['depth']} waiting"
+            + (f", {len(o['rejected'])} refused" if o["rejected"] else "")),
     ]
-    for kind, short in (("blacklist", "blacklist"), ("actions", "actions"),
-                        ("parameters", "params")):
+    for kind in ("blacklist", "actions", "parameters"):
         s = lists[kind]
-        out.append(f"{short:<9}" + ("never synced" if s is None
-                                    else f"v{s['version']}, age {age(s['age_s'])}"))
-    out.append(f"sync     {age(data['last_sync_age_s'])}"
-               + (" ago" if data["last_sync"] is not None else ""))
+        out.append(row(kind if kind != "parameters" else "params", "never synced" if s is None
+                       else f"v{s['version']}, age {age(s['age_s'])}"))
+    out.append(row("sync", age(data["last_sync_age_s"])
+                   + (" ago" if data["last_sync"] is not None else "")))
     last = data["last_close"]
     if last:
-        out.append("close    " + ("TOTALS MISMATCH" if last.get("mismatch")
-                                  else "refused" if "refused" in last else "balanced"))
-    out.append(f"host     {host_state}")
+        out.append(row("close", "TOTALS MISMATCH" if last.get("mismatch")
+                       else "refused" if "refused" in last else "balanced"))
+    out.append(row("host", host_state))
     return out
 
 
@@ -155,6 +153,7 @@ class CashierApp(App[None]):
     """The cashier's terminal screen (80x24 is enough)."""
 
     TITLE = "tallypurse terminal"
+    ENABLE_COMMAND_PALETTE = False
     CSS = """
     Screen { layout: vertical; }
     #banner { height: 1; background: $primary; color: $text; padding: 0 1; }
@@ -163,6 +162,7 @@ class CashierApp(App[None]):
     #left Label { margin-top: 1; }
     #left Label.first { margin-top: 0; }
     #amount { width: 100%; }
+    #mode-hint { color: $text-muted; }
     #status { height: 1fr; margin-top: 1; border: round $secondary;
               border-title-align: left; padding: 0 1; }
     #outcome-box { width: 1fr; border: round $accent; border-title-align: left; }
@@ -175,10 +175,10 @@ class CashierApp(App[None]):
         Binding("f3", "load", "Load"),
         Binding("f4", "cancel_last", "Cancel"),
         Binding("f5", "sync", "Sync"),
-        Binding("f6", "resolve", "Tap only"),
+        Binding("f6", "resolve", "Tap"),
         Binding("f7", "next_type", "Type"),
         Binding("f8", "next_mode", "Mode"),
-        Binding("f9", "close_day", "Close day"),
+        Binding("f9", "close_day", "Close"),
         Binding("escape", "clear", "Clear", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -187,7 +187,7 @@ class CashierApp(App[None]):
                  tx_type: str = "general", mode: str = "auto", reader_label: str = "") -> None:
         super().__init__()
         TxType.parse(tx_type)  # BadInput names the known types
-        if mode not in {m for m, _ in MODES}:
+        if mode not in MODES:
             raise BadInput(f"unknown mode {mode!r} (one of: auto, offline, online)")
         self.terminal = terminal
         self.reader_factory = reader_factory
@@ -217,18 +217,19 @@ class CashierApp(App[None]):
             with Vertical(id="left"):
                 yield Label(f"Amount ({self.currency_code})", classes="first", id="amount-label")
                 yield Input(placeholder="0.00", id="amount", compact=True)
-                yield Label("Type [F7]")
+                yield Label("Type (F7)")
                 yield Select([(n, n) for n in TX_TYPES], value=self._tx_type, allow_blank=False,
                              id="type", compact=True)
-                yield Label("Mode [F8]")
-                yield Select(list((label, m) for m, label in MODES), value=self._mode,
-                             allow_blank=False, id="mode", compact=True)
+                yield Label("Mode (F8)")
+                yield Select([(m, m) for m in MODES], value=self._mode, allow_blank=False,
+                             id="mode", compact=True)
+                yield Static(self._mode_hint(self._mode), id="mode-hint")
                 yield Static(id="status")
             with VerticalScroll(id="outcome-box"):
                 yield Static(id="headline")
                 yield Static(id="details")
                 yield Static(id="receipt")
-        yield Footer()
+        yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.query_one("#status", Static).border_title = "Status"
@@ -253,14 +254,23 @@ class CashierApp(App[None]):
     def amount_text(self) -> str:
         return self.query_one("#amount", Input).value
 
+    def _mode_hint(self, mode: str) -> str:
+        p = self.terminal.lists.parameters
+        limit = format_minor(p.offline_limit, currency(p.currency)) if p else "the limit"
+        return {"auto": f"online above {limit}", "offline": "purse only (split if short)",
+                "online": "from the online account"}[mode]
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "mode":
+            self.query_one("#mode-hint", Static).update(self._mode_hint(self.mode))
+
     def action_next_type(self) -> None:
         sel: Select[str] = self.query_one("#type", Select)
         sel.value = TX_TYPES[(TX_TYPES.index(self.tx_type) + 1) % len(TX_TYPES)]
 
     def action_next_mode(self) -> None:
-        modes = [m for m, _ in MODES]
         sel: Select[str] = self.query_one("#mode", Select)
-        sel.value = modes[(modes.index(self.mode) + 1) % len(modes)]
+        sel.value = MODES[(MODES.index(self.mode) + 1) % len(MODES)]
 
     def action_clear(self) -> None:
         self.query_one("#amount", Input).value = ""
