@@ -228,3 +228,35 @@ def test_an_unknown_transaction_type_or_mode_is_refused(
         CashierApp(terminal, Taps(purse.reader), tx_type="coffee")
     with pytest.raises(Exception, match="unknown mode"):
         CashierApp(terminal, Taps(purse.reader), mode="sometimes")
+
+
+@pytest.mark.anyio
+async def test_quit_waits_for_a_running_tap(
+    terminal: Terminal, new_purse: Callable[..., Purse]
+) -> None:
+    import threading
+
+    purse = new_purse(5_000)
+    gate = threading.Event()
+
+    class Slow:
+        def transmit(self, apdu: bytes) -> bytes:
+            gate.wait(30)
+            return purse.card.transmit(apdu)
+
+    app = CashierApp(terminal, Taps(InProcessReader(Slow())))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press(*"1.00", "f2")
+        await pilot.pause()
+        assert app.busy
+        await pilot.press("ctrl+q")  # refused while the card is in the middle of a tap
+        await pilot.press("f3")  # so is a second action
+        await pilot.pause()
+        assert app.is_running and app.busy
+        gate.set()
+        await done(app, pilot)
+        assert app.last is not None and app.last.headline == "APPROVED 1.00 EUR"
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert not app.is_running
+    assert purse.balance == 4_900

@@ -56,6 +56,7 @@ _STYLE = {
     REFUSED: "bold black on yellow",
 }
 _HOST_UNREACHABLE = {DeclineCode.HOST_UNAVAILABLE, DeclineCode.ONLINE_TIMEOUT_REVERSED}
+_HOST_ANSWERED = {DeclineCode.HOST_DECLINED, DeclineCode.HOST_REJECTED}
 
 
 def parse_amount(text: str, currency_code: str) -> int:
@@ -276,6 +277,14 @@ class CashierApp(App[None]):
         self.query_one("#amount", Input).value = ""
         self.query_one("#amount", Input).focus()
 
+    async def action_quit(self) -> None:
+        if self.busy:  # never close the journal under a card command
+            self.bell()
+            self.notify("a tap or host call is running: quit when it is done",
+                        severity="warning")
+            return
+        self.exit()
+
     def on_input_submitted(self, event: Input.Submitted) -> None:
         if event.input.id == "amount":
             self.action_pay()
@@ -296,7 +305,8 @@ class CashierApp(App[None]):
         online = {"auto": None, "offline": False, "online": True}[mode]
         cur = currency(self.currency_code)
         self._run(f"PAY {format_minor(amount, cur)} ({tx_type}, {mode}): tap the card",
-                  lambda t, r: t.purchase(r, amount, tx_type=tx_type, online=online))
+                  lambda t, r: t.purchase(r, amount, tx_type=tx_type, online=online),
+                  "nothing was charged")
 
     def action_load(self) -> None:
         amount = self._amount_or_refuse()
@@ -304,10 +314,11 @@ class CashierApp(App[None]):
             return
         cur = currency(self.currency_code)
         self._run(f"LOAD {format_minor(amount, cur)} cash: tap the card",
-                  lambda t, r: t.load(r, amount, funding="cash"))
+                  lambda t, r: t.load(r, amount, funding="cash"), "nothing was loaded")
 
     def action_cancel_last(self) -> None:
-        self._run("CANCEL the last sale: tap the card", lambda t, r: t.cancel_last(r))
+        self._run("CANCEL the last sale: tap the card", lambda t, r: t.cancel_last(r),
+                  "nothing was refunded")
 
     def action_resolve(self) -> None:
         self._run("TAP: write-backs and interrupted payments", lambda t, r: t.resolve(r))
@@ -319,26 +330,30 @@ class CashierApp(App[None]):
         self._start("CLOSE DAY: batch to the host", self._close_day)
 
     # --- running the engine ----------------------------------------------------------------------
-    def _run(self, what: str, action: Callable[[Terminal, Reader], TapResult]) -> None:
-        self._start(what, lambda: self._tap(action))
+    def _run(self, what: str, action: Callable[[Terminal, Reader], TapResult],
+             nothing: str = "nothing was done") -> None:
+        self._start(what, lambda: self._tap(action), nothing)
 
-    def _start(self, what: str, work: Callable[[], Outcome]) -> None:
+    def _start(self, what: str, work: Callable[[], Outcome],
+               nothing: str = "nothing was done") -> None:
         if self.busy:
             self.bell()
             return
         self.busy = True
         self._show(Outcome(INFO, what, ["working..."]))
-        self.run_worker(lambda: self._guarded(work), thread=True, group="engine",
+        self.run_worker(lambda: self._guarded(work, nothing), thread=True, group="engine",
                         name=what, exit_on_error=False)
 
-    def _guarded(self, work: Callable[[], Outcome]) -> Outcome:
+    def _guarded(self, work: Callable[[], Outcome], nothing: str) -> Outcome:
         try:
             out = work()
         except Declined as exc:
             out = Outcome(DECLINED, f"DECLINED {exc.reason.label} {exc.reason.text}",
-                          [exc.detail or exc.message, "nothing was charged"])
-            if exc.reason in _HOST_UNREACHABLE:
+                          [exc.detail or exc.message, nothing])
+            if exc.reason in _HOST_UNREACHABLE and self.terminal.host is not None:
                 out.host_state = "offline"
+            elif exc.reason in _HOST_ANSWERED:
+                out.host_state = "online"
         except TapInterrupted as exc:
             out = Outcome(INTERRUPTED, "INTERRUPTED - TAP THE SAME CARD AGAIN", [
                 exc.message,
@@ -392,8 +407,10 @@ class CashierApp(App[None]):
         try:
             out = self.terminal.sync()
         except TallypurseError as exc:
+            state = (None if self.terminal.host is None
+                     else "online" if "refused by the host" in exc.message else "offline")
             return Outcome(ERROR, "SYNC FAILED", [exc.message, "lists and parameters unchanged"],
-                           host_state="offline")
+                           host_state=state)
         flushed = out["outbox"]
         changes = out["changes"]
         lines = [f"{kind} now v{change['to']}" for kind, change in changes.items()] if changes \
@@ -413,7 +430,7 @@ class CashierApp(App[None]):
                 *lines, "the host's totals differ from the terminal's"], host_state="online")
         if not report.delivered:
             return Outcome(REFUSED, "CLOSE DAY: BATCH WAITING FOR THE HOST", lines,
-                           host_state="offline")
+                           host_state=None if self.terminal.host is None else "offline")
         if report.refused:
             return Outcome(ERROR, "CLOSE DAY: REFUSED BY THE HOST", lines, host_state="online")
         return Outcome(APPROVED, "DAY CLOSED", lines, host_state="online")
@@ -427,8 +444,10 @@ class CashierApp(App[None]):
             assert isinstance(result, Outcome)
             if result.host_state is not None:
                 self.host_state = result.host_state
+            amount = self.query_one("#amount", Input)
             if result.clear_amount:
-                self.query_one("#amount", Input).value = ""
+                amount.value = ""
+            amount.focus()  # ready for the next amount
             self._show(result)
             if result.status is not None:
                 self._show_status(result.status)
