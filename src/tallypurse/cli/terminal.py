@@ -422,6 +422,53 @@ def resolve(card: CardOpt = None, data_dir: DataDir = Path("terminal"), host: Ho
     _tap(data_dir, host, card, lambda t, r: t.resolve(r), pcsc=pcsc, reader_name=reader)
 
 
+@app.command("ui")
+def ui(
+    card: CardOpt = None,
+    data_dir: DataDir = Path("terminal"),
+    host: HostOpt = None,
+    pcsc: PcscOpt = False,
+    reader: ReaderOpt = None,
+    tx_type: Annotated[str, typer.Option("--type", help="Transaction type to start with.")] = (
+        "general"),
+    mode: Annotated[str, typer.Option(
+        help="Mode to start with: auto (online above the offline limit), offline, online.")] = (
+        "auto"),
+) -> None:
+    """The cashier's screen: key amounts, tap, see receipts; load cash, cancel, sync, close
+    the day, see status. F2 pay, F3 load, F4 cancel, F5 sync, F6 tap only, F7 type,
+    F8 mode, F9 close day, Ctrl+Q quit."""
+    from tallypurse.core.protocol import TxType
+
+    try:
+        TxType.parse(tx_type)
+    except TallypurseError as exc:
+        fail(exc.message)
+    if mode not in ("auto", "offline", "online"):
+        fail(f"unknown mode {mode!r} (one of: auto, offline, online)")
+    factory, label = _reader_factory(card, pcsc, reader)
+    t = _open(data_dir, host)
+    from tallypurse.terminal.ui import CashierApp
+
+    try:
+        CashierApp(t, factory, tx_type=tx_type, mode=mode, reader_label=label).run()
+    finally:
+        t.close()
+
+
+def _reader_factory(card_file: Path | None, pcsc: bool, reader_name: str | None
+                    ) -> tuple[Callable[[], Reader], str]:
+    """The reader for each tap of the cashier's screen: the card file opened anew (a card
+    entering the field), or one PC/SC reader."""
+    first = _reader(card_file, pcsc, reader_name)
+    if card_file is None:
+        return (lambda: first), f"PC/SC {reader_name or '(first reader)'}"
+    from tallypurse.card.card import Card
+
+    path = card_file
+    return (lambda: InProcessReader(Card.open(path), name=str(path))), str(path)
+
+
 @app.command("close-day")
 def close_day(data_dir: DataDir = Path("terminal"), host: HostOpt = None,
               as_json: JsonOpt = False) -> None:
