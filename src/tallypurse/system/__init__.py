@@ -31,6 +31,7 @@ from tallypurse.host.bootstrap import following_keystore, open_host, open_keysto
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
+from tallypurse.host.keyring import ReloadingKeyStore
 from tallypurse.host.service import Host
 from tallypurse.keystore.base import ManagedKeyStore
 from tallypurse.terminal.engine import Terminal
@@ -163,7 +164,7 @@ class ServedHost:
     def stop(self) -> None:
         self._terminate()
         self.host.db.engine.dispose()
-        if isinstance(self.host.keys, ManagedKeyStore):
+        if isinstance(self.host.keys, ManagedKeyStore | ReloadingKeyStore):
             self.host.keys.close()
 
     def __enter__(self) -> ServedHost:
