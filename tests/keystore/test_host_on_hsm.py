@@ -159,9 +159,10 @@ def test_the_host_on_a_token_refuses_to_export_its_signing_and_master_keys(
 
     host = open_host(HostSettings(data_dir=tmp_path / "hostdata", keystore=keyed_token),
                      create_keystore=False)
+    following = host.keys
+    assert isinstance(following, ReloadingKeyStore)  # it follows the token's ceremonies
     try:
-        assert isinstance(host.keys, ReloadingKeyStore)
-        keys = host.keys.inner
+        keys = following.inner
         assert isinstance(keys, Pkcs11KeyStore)
         for name in MASTER_KEYS:
             with pytest.raises(KeystoreError, match="non-extractable"):
@@ -176,7 +177,7 @@ def test_the_host_on_a_token_refuses_to_export_its_signing_and_master_keys(
         assert PIN not in repr(keys) and PIN not in keys.location
     finally:
         host.db.dispose()
-        keys.close()
+        following.close()
 
 
 # --- What the host commands say about a keystore they cannot use -----------------------------
@@ -243,10 +244,11 @@ def test_the_keystore_can_come_from_the_environment(
     settings = HostSettings.from_env(data_dir=tmp_path / "hostdata")
     assert settings.keystore == keyed_token
     host = open_host(settings, create_keystore=False)
+    following = host.keys
+    assert isinstance(following, ReloadingKeyStore)
     try:
-        assert isinstance(host.keys, ReloadingKeyStore)
-        assert isinstance(host.keys.inner, Pkcs11KeyStore)
-        assert host.list_key() == host.keys.current(HOST_LIST)
+        assert isinstance(following.inner, Pkcs11KeyStore)
+        assert host.list_key() == following.current(HOST_LIST)
     finally:
         host.db.dispose()
-        host.keys.close()
+        following.close()

@@ -488,9 +488,10 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
 
     def change_stamp(self) -> bytes | None:
         """The token's change stamp: a value every ceremony on the token replaces (None on
-        a token no ceremony of this version touched yet). Reading it once it is found is
-        one attribute read (two ``C_GetAttributeValue`` calls) on a kept handle; the search
-        (``C_FindObjects*``) runs only the first time, or when the object went away."""
+        a token whose keys were all made before tokens carried a stamp, until its next
+        ceremony). Once found, reading it is one ``C_GetAttributeValue`` pair on a kept
+        handle; the search (``C_FindObjects*``) runs the first time, and again only when
+        the kept object went away (a ceremony replaced it)."""
         self._check_open()
         with self._lock:
             try:
@@ -535,7 +536,16 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
 
     @staticmethod
     def _stamp_value(objects: list[Any]) -> bytes:
-        return b"".join(bytes(obj[Attribute.VALUE]) for obj in objects)
+        """The stamp objects' values, both attributes read in one C_GetAttributeValue
+        pair per object; a handle that no longer names a stamp object (a token may give
+        a destroyed object's handle to a new one) is an error: the caller looks again."""
+        out = b""
+        for obj in objects:
+            got = obj.get_attributes([Attribute.APPLICATION, Attribute.VALUE])
+            if str(got[Attribute.APPLICATION]) != APP_CHANGES:
+                raise p11e.ObjectHandleInvalid()
+            out += bytes(got[Attribute.VALUE])
+        return out
 
     def _mark_changed(self) -> None:
         """The last step of every ceremony (under the lock): a new change stamp, so that
