@@ -23,6 +23,7 @@ from tallypurse.core.protocol import ISD_AID, OPERATOR_SD_AID, CertRole
 from tallypurse.core.transport import ApduClient
 from tallypurse.host.bootstrap import open_host
 from tallypurse.host.config import HostSettings
+from tallypurse.host.keyring import ReloadingKeyStore
 from tallypurse.host.tsm.channel import SecureChannel
 from tallypurse.host.tsm.keys import isd_keys, sd_keys
 from tallypurse.keystore import (
@@ -71,7 +72,8 @@ def test_a_host_served_on_a_token_enrols_syncs_issues_and_clears_with_its_keys(
 ) -> None:
     from tallypurse.keystore.pkcs11 import Pkcs11KeyStore
 
-    keys = served.host.keys  # the same token, opened in this process
+    assert isinstance(served.host.keys, ReloadingKeyStore)  # it follows the token's ceremonies
+    keys = served.host.keys.inner  # the same token, opened in this process
     assert isinstance(keys, Pkcs11KeyStore)
     assert not (served.data_dir / "keystore").exists()  # no software keystore was made
     root_ref = keys.current(ISSUER_ROOT)
@@ -157,8 +159,10 @@ def test_the_host_on_a_token_refuses_to_export_its_signing_and_master_keys(
 
     host = open_host(HostSettings(data_dir=tmp_path / "hostdata", keystore=keyed_token),
                      create_keystore=False)
+    following = host.keys
+    assert isinstance(following, ReloadingKeyStore)  # it follows the token's ceremonies
     try:
-        keys = host.keys
+        keys = following.inner
         assert isinstance(keys, Pkcs11KeyStore)
         for name in MASTER_KEYS:
             with pytest.raises(KeystoreError, match="non-extractable"):
@@ -173,7 +177,7 @@ def test_the_host_on_a_token_refuses_to_export_its_signing_and_master_keys(
         assert PIN not in repr(keys) and PIN not in keys.location
     finally:
         host.db.dispose()
-        keys.close()
+        following.close()
 
 
 # --- What the host commands say about a keystore they cannot use -----------------------------
@@ -240,9 +244,11 @@ def test_the_keystore_can_come_from_the_environment(
     settings = HostSettings.from_env(data_dir=tmp_path / "hostdata")
     assert settings.keystore == keyed_token
     host = open_host(settings, create_keystore=False)
+    following = host.keys
+    assert isinstance(following, ReloadingKeyStore)
     try:
-        assert isinstance(host.keys, Pkcs11KeyStore)
-        assert host.list_key() == host.keys.current(HOST_LIST)
+        assert isinstance(following.inner, Pkcs11KeyStore)
+        assert host.list_key() == following.current(HOST_LIST)
     finally:
         host.db.dispose()
-        host.keys.close()
+        following.close()

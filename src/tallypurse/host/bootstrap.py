@@ -35,7 +35,7 @@ from tallypurse.keystore.software import KEYSTORE_FILE, SoftwareKeyStore
 
 from .config import HostSettings
 from .db.engine import Database
-from .keyring import ReloadingKeyStore
+from .keyring import ReloadingKeyStore, file_stamp
 from .service import Host
 
 PASSPHRASE_ENV = "TALLYPURSE_KEYSTORE_PASSPHRASE"
@@ -97,13 +97,25 @@ def _open_named(spec: str) -> ManagedKeyStore:
 
 
 def following_keystore(settings: HostSettings, store: ManagedKeyStore) -> KeyStore:
-    """``store``, opened again whenever a ceremony rewrites its file (host.keyring).
-    A token is not followed: its keys change on the token, not in a file."""
+    """``store``, following the ceremonies other processes run on it (host.keyring):
+    a software keystore is opened again when a ceremony rewrites its file; a token's
+    keys are read again, in the same session, when its change stamp changes."""
     if settings.keystore and locate.is_pkcs11(settings.keystore):
-        return store
+        from tallypurse.keystore.pkcs11 import Pkcs11KeyStore
+
+        if not isinstance(store, Pkcs11KeyStore):  # pragma: no cover - locate opens one
+            raise KeystoreError(f"{store.location} is not a PKCS#11 keystore")
+        token = store
+
+        def refresh() -> KeyStore:
+            token.reload()
+            return token
+
+        return ReloadingKeyStore(token, token.change_stamp, refresh, where=token.location)
     directory = Path(settings.keystore) if settings.keystore else settings.keystore_dir
-    return ReloadingKeyStore(store, directory / KEYSTORE_FILE,
-                             lambda: open_keystore(settings, create=False))
+    return ReloadingKeyStore(store, file_stamp(directory / KEYSTORE_FILE),
+                             lambda: open_keystore(settings, create=False),
+                             where=str(directory / KEYSTORE_FILE))
 
 
 def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:

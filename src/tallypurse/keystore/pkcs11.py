@@ -27,6 +27,13 @@ keystore, over any PKCS#11 v2.40 token (tested against SoftHSM2):
   ``"name/version"``): ``tallypurse-key`` (kind and creation time, JSON),
   ``tallypurse-cert`` (the certificate of an EC key) and, once revoked,
   ``tallypurse-revoked`` (JSON with the revocation time).
+* The change stamp: one private ``CKO_DATA`` object (``CKA_APPLICATION``
+  ``tallypurse-changes``) holding a generation counter and a random nonce (JSON),
+  which every ceremony on the token (generate, rotate, revoke, import) replaces
+  by a new one as its last step. A running host reads it (one
+  ``C_GetAttributeValue`` pair on a handle it keeps) to learn, without reading
+  every key, that another process changed the keys (:meth:`Pkcs11KeyStore.change_stamp`,
+  :meth:`Pkcs11KeyStore.reload`).
 
 The token is named by a URI (RFC 7512 style; see :func:`parse_uri`)::
 
@@ -38,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -75,6 +83,8 @@ URI_SCHEME = "pkcs11:"
 APP_KEY = "tallypurse-key"
 APP_CERT = "tallypurse-cert"
 APP_REVOKED = "tallypurse-revoked"
+APP_CHANGES = "tallypurse-changes"
+CHANGES_LABEL = "tallypurse"
 DIVERSIFY_CONSTANT = 0x10  # as crypto.diversify
 KCV_BLOCK = b"\x01" * 16
 
@@ -285,6 +295,7 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
         self._current: dict[str, KeyRef] = {}
         self._lock = shared.lock
         self._closed = False
+        self._stamp_objects: list[Any] = []  # the change stamp's objects, once found
 
     def __repr__(self) -> str:
         return f"Pkcs11KeyStore(uri={str(self._uri)!r}, keys={len(self._entries)})"
@@ -433,7 +444,8 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
             entry = self._entry(ref)
             if entry.info.revoked is not None:
                 raise KeystoreError(f"key {ref} is already revoked")
-            self._data(APP_REVOKED, ref, _canonical({"revoked": now}))
+            with _discard_on_failure(self._data(APP_REVOKED, ref, _canonical({"revoked": now}))):
+                self._mark_changed()
             entry.info = replace(entry.info, revoked=now)
 
     def import_master(self, ref: KeyRef, key: bytes, *, now: int) -> None:
@@ -471,6 +483,102 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
             f"{ref} is a non-extractable HSM key and cannot be exported; back up a master "
             "before it enters the HSM (split it, then 'keys restore' it into the token)"
         )
+
+    # --- Following other processes' ceremonies ---------------------------------------------
+
+    def change_stamp(self) -> bytes | None:
+        """The token's change stamp: a value every ceremony on the token replaces (None on
+        a token whose keys were all made before tokens carried a stamp, until its next
+        ceremony). Once found, reading it is one ``C_GetAttributeValue`` pair on a kept
+        handle; the search (``C_FindObjects*``) runs the first time, and again only when
+        the kept object went away (a ceremony replaced it)."""
+        self._check_open()
+        with self._lock:
+            try:
+                if self._stamp_objects:
+                    try:
+                        return self._stamp_value(self._stamp_objects)
+                    except p11e.PKCS11Error:
+                        self._stamp_objects = []  # destroyed: look for it again
+                found = self._find_stamps()
+                if not found:
+                    return None
+                value = self._stamp_value(found)
+                self._stamp_objects = found
+                return value
+            except p11e.PKCS11Error as exc:
+                _fail("reading the change stamp", exc)
+
+    def reload(self) -> None:
+        """Read every tallypurse key on the token again (after another process's ceremony:
+        :meth:`change_stamp` changed) and use that view from now on. A view that cannot be
+        read or checked, or that lacks a key name the store held, is refused
+        (KeystoreError) and the store keeps the view it had."""
+        self._check_open()
+        fresh = Pkcs11KeyStore(self._uri, self._shared)  # the same session, not counted again
+        with self._lock:
+            fresh._load()
+            lost = sorted(set(self._current) - set(fresh._current))
+            if lost:
+                raise KeystoreError(f"HSM: the token no longer holds {', '.join(lost)}")
+            self._entries, self._current = fresh._entries, fresh._current
+
+    def _find_stamps(self) -> list[Any]:
+        return list(
+            self._session.get_objects(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.PRIVATE: True,
+                    Attribute.APPLICATION: APP_CHANGES,
+                }
+            )
+        )
+
+    @staticmethod
+    def _stamp_value(objects: list[Any]) -> bytes:
+        """The stamp objects' values, both attributes read in one C_GetAttributeValue
+        pair per object; a handle that no longer names a stamp object (a token may give
+        a destroyed object's handle to a new one) is an error: the caller looks again."""
+        out = b""
+        for obj in objects:
+            got = obj.get_attributes([Attribute.APPLICATION, Attribute.VALUE])
+            if str(got[Attribute.APPLICATION]) != APP_CHANGES:
+                raise p11e.ObjectHandleInvalid()
+            out += bytes(got[Attribute.VALUE])
+        return out
+
+    def _mark_changed(self) -> None:
+        """The last step of every ceremony (under the lock): a new change stamp, so that
+        running hosts (other processes, other sessions) read the keys again. The stamp
+        object is replaced, not modified (tokens differ in what they let one modify):
+        the new one is made first, then the old one destroyed, so a reader always finds
+        one; a reader holding the old handle finds it gone and looks again."""
+        try:
+            old = self._find_stamps()
+            generation = 0
+            for obj in old:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    seen = json.loads(bytes(obj[Attribute.VALUE]))["generation"]
+                    generation = max(generation, int(seen))
+            new = self._session.create_object(
+                {
+                    Attribute.CLASS: ObjectClass.DATA,
+                    Attribute.TOKEN: True,
+                    Attribute.PRIVATE: True,
+                    Attribute.MODIFIABLE: False,
+                    Attribute.APPLICATION: APP_CHANGES,
+                    Attribute.LABEL: CHANGES_LABEL,
+                    Attribute.VALUE: _canonical(
+                        {"generation": generation + 1, "nonce": secrets.token_hex(16)}
+                    ),
+                }
+            )
+            for obj in old:
+                with contextlib.suppress(p11e.ObjectHandleInvalid):  # another ceremony's
+                    obj.destroy()
+        except p11e.PKCS11Error as exc:
+            _fail("setting the change stamp", exc)
+        self._stamp_objects = [new]
 
     # --- Internals ---------------------------------------------------------------------------
 
@@ -531,6 +639,7 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
             made.append(
                 self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.AES_128), "created": now}))
             )
+            self._mark_changed()
         self._add(_Entry(KeyInfo(ref=ref, kind=KeyKind.AES_128, created=now, kcv=kcv), key))
         return ref
 
@@ -611,6 +720,7 @@ class Pkcs11KeyStore(KeyBook[_Entry]):
             made.append(
                 self._data(APP_KEY, ref, _canonical({"kind": str(KeyKind.EC_P256), "created": now}))
             )
+            self._mark_changed()
             entry.info = KeyInfo(
                 ref=ref,
                 kind=KeyKind.EC_P256,

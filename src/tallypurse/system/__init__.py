@@ -31,6 +31,7 @@ from tallypurse.host.bootstrap import following_keystore, open_host, open_keysto
 from tallypurse.host.config import HostSettings
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import upgrade
+from tallypurse.host.keyring import ReloadingKeyStore
 from tallypurse.host.service import Host
 from tallypurse.keystore.base import ManagedKeyStore
 from tallypurse.terminal.engine import Terminal
@@ -105,11 +106,13 @@ class ServedHost:
     """``tallypurse host serve`` in a child process on a free loopback port, and the
     operator's side of the same host (database and keystore) in this process, opened as
     the ``tallypurse host ...`` commands open it. ``keystore`` is passed as
-    ``--keystore`` (a PKCS#11 URI's PIN travels in its pin-source variable, in ``env``).
-    The server's log goes to ``serve.log`` in the data directory."""
+    ``--keystore`` (a PKCS#11 URI's PIN travels in its pin-source variable, in ``env``),
+    ``workers`` as ``--workers``. The server's log goes to ``serve.log`` in the data
+    directory."""
 
     def __init__(self, data_dir: Path, *, keystore: str = "", db_url: str = "",
-                 env: dict[str, str] | None = None, start_timeout_s: float = 120) -> None:
+                 env: dict[str, str] | None = None, start_timeout_s: float = 120,
+                 workers: int = 1) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with socket.socket() as probe:
@@ -122,6 +125,8 @@ class ServedHost:
             command += ["--keystore", keystore]
         if db_url:
             command += ["--db", db_url]
+        if workers != 1:
+            command += ["--workers", str(workers)]
         self.log_path = self.data_dir / "serve.log"
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -163,7 +168,7 @@ class ServedHost:
     def stop(self) -> None:
         self._terminate()
         self.host.db.engine.dispose()
-        if isinstance(self.host.keys, ManagedKeyStore):
+        if isinstance(self.host.keys, ManagedKeyStore | ReloadingKeyStore):
             self.host.keys.close()
 
     def __enter__(self) -> ServedHost:
