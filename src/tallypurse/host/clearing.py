@@ -36,6 +36,7 @@ Only the rare events (clones, split debits, cancels, loads) go through the ORM.
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -51,9 +52,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import DecodeError
-from tallypurse.core.hostapi import BatchAck, BatchUpload, JournalEntry, Rejected, Totals
-from tallypurse.core.httpsig import batch_signed_bytes
-from tallypurse.core.messages import CardEvent, SignedEvent, domain
+from tallypurse.core.hostapi import (
+    BatchAck,
+    BatchUpload,
+    JournalEntry,
+    Rejected,
+    Totals,
+    canonical,
+)
+from tallypurse.core.messages import EVENT_RECORD_LEN, CardEvent, SignedEvent, domain
 from tallypurse.core.protocol import EventKind
 from tallypurse.core.samproto import PURPOSE_BATCH, verify_signature
 from tallypurse.host.db import bulk
@@ -79,7 +86,7 @@ from tallypurse.host.errors import (
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
-from .common import alpha_currency, hex_bytes, log_event, payload_hash, retrying
+from .common import alpha_currency, hex_bytes, log_event, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -195,6 +202,45 @@ def _consistent(e: CardEvent) -> str:
 
 def _known(e: CardEvent, record: str) -> Known:
     return Known(e.kind, e.atc, e.load_counter, e.balance_before, e.balance_after, record)
+
+
+_EVENT = struct.Struct(CardEvent.FORMAT)
+_EVENT_KINDS = frozenset(int(k) for k in EventKind)
+_ALPHA: dict[int, str] = {}
+
+
+def _alpha(numeric: int) -> str:
+    code = _ALPHA.get(numeric)
+    if code is None:
+        code = _ALPHA[numeric] = alpha_currency(numeric)  # BadInput for an unknown number
+    return code
+
+
+def parse_record(record_hex: str) -> tuple[SignedEvent, bytes] | HostError:
+    """A journal entry's card record (hex, already checked to be hex): the signed event
+    and its bytes, or why it cannot be one."""
+    raw = bytes.fromhex(record_hex)
+    if len(raw) == EVENT_RECORD_LEN:
+        values = _EVENT.unpack_from(raw)
+        if values[0] in _EVENT_KINDS:
+            return SignedEvent(CardEvent(*values), raw[EVENT_SIZE:]), raw
+    try:  # the one parser says what is wrong
+        return SignedEvent.parse(raw), raw
+    except DecodeError as exc:
+        return HostError(RECORD_INVALID, f"card record: {exc.message}")
+
+
+def batch_digest(batch: BatchUpload) -> tuple[str, bytes]:
+    """The batch's payload hash (``payload_hash``) and the bytes its SAM signed
+    (``batch_signed_bytes``) from one dump of the batch: each top-level field is put
+    in canonical JSON once and the two documents are assembled from the parts exactly
+    as ``canonical`` writes an object (sorted keys, no spaces)."""
+    doc = batch.model_dump(mode="json")
+    parts = {k: canonical(k) + b":" + canonical(v) for k, v in doc.items()}
+    keys = sorted(parts)
+    full = b"{" + b",".join(parts[k] for k in keys) + b"}"
+    signed = b"{" + b",".join(parts[k] for k in keys if k != "signature") + b"}"
+    return crypto.sha256(full).hex(), signed
 
 
 def _verify_each(jobs: Sequence[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]) -> list[bool]:
@@ -484,8 +530,8 @@ class Clearing:
         if len(batch.entries) > self.host.settings.max_batch_entries:
             raise HostError(BATCH_TOO_LARGE,
                             f"at most {self.host.settings.max_batch_entries} entries per batch")
-        digest = payload_hash(batch)
-        checked = self._check_batch(terminal_id, batch, digest)
+        digest, signed_bytes = batch_digest(batch)
+        checked = self._check_batch(terminal_id, batch, digest, signed_bytes)
         if isinstance(checked, BatchAck):
             return checked  # this batch was taken before: the same answer again
         ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, checked))
@@ -493,23 +539,20 @@ class Clearing:
             self.host.agent.process_instruction(instruction)
         return ack
 
-    def _check_batch(self, terminal_id: str, batch: BatchUpload,
-                     digest: str) -> BatchAck | list[Check]:
+    def _check_batch(self, terminal_id: str, batch: BatchUpload, digest: str,
+                     signed_bytes: bytes) -> BatchAck | list[Check]:
         """Before any write transaction: the batch's earlier answer if it was taken,
         else its SAM signature and every entry's card record checked (one per entry)."""
-        parsed: list[SignedEvent | HostError | None] = []
+        parsed: list[tuple[SignedEvent, bytes] | HostError | None] = []
         card_ids: set[str] = set()
         for entry in batch.entries:
-            if RECORD_KINDS.get(entry.kind) is None or not entry.record:
+            if entry.kind not in RECORD_KINDS or not entry.record:
                 parsed.append(None)
                 continue
-            try:
-                one = SignedEvent.parse(bytes.fromhex(entry.record))
-            except DecodeError as exc:
-                parsed.append(HostError(RECORD_INVALID, f"card record: {exc.message}"))
-            else:
-                parsed.append(one)
-                card_ids.add(one.event.card_id.hex())
+            one = parse_record(entry.record)
+            if not isinstance(one, HostError):
+                card_ids.add(one[0].event.card_id.hex())
+            parsed.append(one)
             card_ids.add(entry.card_id)
         with self.host.db.reader() as s:
             prior = s.execute(select(BatchRow.payload_hash, BatchRow.ack).where(
@@ -522,14 +565,14 @@ class Clearing:
             public = self.host.tms.signing_key(s, terminal_id)
             keys = self._known_keys(s, card_ids)
         if not verify_signature(public, hex_bytes(batch.signature, "signature"),
-                                batch_signed_bytes(batch), purpose=PURPOSE_BATCH):
+                                signed_bytes, purpose=PURPOSE_BATCH):
             raise HostError(BATCH_SIGNATURE, "the SAM's batch signature does not verify")
         checks: list[Check] = []
         jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]] = []
         waiting: list[int] = []
         for i, (entry, record) in enumerate(zip(batch.entries, parsed, strict=True)):
             check: Check = None
-            if RECORD_KINDS.get(entry.kind) is not None:
+            if entry.kind in RECORD_KINDS:
                 if entry.card_id not in keys:
                     check = HostError(UNKNOWN_CARD, f"unknown card {entry.card_id}")
                 elif not entry.record:
@@ -538,19 +581,19 @@ class Clearing:
                 elif isinstance(record, HostError):
                     check = record
                 elif record is not None:
-                    key = keys.get(record.event.card_id.hex())
+                    signed, raw = record
+                    key = keys.get(signed.event.card_id.hex())
                     if key is None:
                         check = HostError(UNKNOWN_CARD,
-                                          f"unknown card {record.event.card_id.hex()}")
+                                          f"unknown card {signed.event.card_id.hex()}")
                     else:
-                        jobs.append((key, record.tac,
-                                     EVENT_DOMAIN + bytes.fromhex(entry.record)[:EVENT_SIZE]))
+                        jobs.append((key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
                         waiting.append(i)
             checks.append(check)
         for i, ok in zip(waiting, self._verify_all(jobs), strict=True):
             verified = parsed[i]
-            assert isinstance(verified, SignedEvent)
-            checks[i] = (self._match(verified, batch.entries[i], terminal_id) if ok else
+            assert isinstance(verified, tuple)
+            checks[i] = (self._match(verified[0], batch.entries[i], terminal_id) if ok else
                          HostError(RECORD_INVALID, "the card's signature (TAC) does not verify"))
         return checks
 
@@ -561,7 +604,7 @@ class Clearing:
         kind = RECORD_KINDS[entry.kind]
         expected_terminal = ZERO_TERMINAL if kind == EventKind.LOAD else terminal_id
         if (e.kind != kind or e.card_id.hex() != entry.card_id or e.amount != entry.amount
-                or e.split != entry.split or alpha_currency(e.currency) != entry.currency
+                or e.split != entry.split or _alpha(e.currency) != entry.currency
                 or e.terminal_id.hex() != expected_terminal):
             return HostError(RECORD_MISMATCH, "the card's record does not match the entry")
         return _Checked(signed, entry.record)

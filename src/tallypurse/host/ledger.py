@@ -244,10 +244,13 @@ class Ledger:
         changes = [(aid, d) for aid, d in changes if d]
         if not changes:
             return
-        if len(changes) > BULK_BALANCES and bulk.is_postgres(s):
-            s.connection().exec_driver_sql(
-                "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                ([aid for aid, _ in changes],))
+        postgres = bulk.is_postgres(s)
+        if not postgres or len(changes) > BULK_BALANCES:
+            if postgres:
+                s.connection().exec_driver_sql(
+                    "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    ([aid for aid, _ in changes],))
+            # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
             bulk.update(s, "accounts", ("id", "bigint"),
                         [("balance", "bigint", "{t} + {v}")], changes)
             return
