@@ -41,7 +41,7 @@ import threading
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
@@ -84,7 +84,7 @@ from tallypurse.host.errors import (
     UNKNOWN_CARD,
     HostError,
 )
-from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
+from tallypurse.host.ledger import AccountIds, Acct, Entry, Kind, Ledger, day_of
 
 from .common import alpha_currency, hex_bytes, log_event, retrying
 
@@ -98,13 +98,15 @@ EVENT_DOMAIN = domain(CardEvent.MSG)
 KEY_CACHE_MAX = 200_000  # card keys kept per process (about 200 bytes each)
 PARALLEL_FROM = 64  # TACs in a batch from which they are verified on several threads
 VERIFY_THREADS = min(8, os.cpu_count() or 1)
+DAY = 86_400
 
 EVENT_COLUMNS: list[bulk.Column] = [
     ("card_id", "text"), ("seqno", "bigint"), ("kind", "integer"), ("atc", "bigint"),
     ("load_counter", "bigint"), ("amount", "bigint"), ("split", "bigint"),
     ("currency", "text"), ("tx_type", "integer"), ("balance_before", "bigint"),
     ("balance_after", "bigint"), ("terminal_id", "text"), ("terminal_seq", "bigint"),
-    ("time", "bigint"), ("record", "text"), ("cleared_at", "bigint")]
+    ("time", "bigint"), ("record", "text"), ("cleared_at", "bigint"),
+    ("transaction_id", "bigint")]
 JOURNAL_COLUMNS: list[bulk.Column] = [
     ("terminal_id", "text"), ("seq", "bigint"), ("kind", "text"), ("card_id", "text"),
     ("amount", "bigint"), ("split", "bigint"), ("currency", "text"), ("time", "bigint"),
@@ -122,28 +124,22 @@ class Taken(StrEnum):
     CONFLICT = "conflict"  # a clone's event: paid from losses, card blacklisted
 
 
-@dataclass(frozen=True, slots=True)
 class Incoming:
     """A verified card event to take, with who uploaded it (``record``: the signed
     event as hex, as uploaded; computed when not given)."""
 
-    signed: SignedEvent
-    terminal_id: str
-    merchant_id: str
-    record: str = ""
-    card_id: str = field(init=False)
-    seqno: int = field(init=False)
+    __slots__ = ("card_id", "event", "merchant_id", "record", "seqno", "signed", "terminal_id")
 
-    def __post_init__(self) -> None:
-        e = self.signed.event
-        if not self.record:
-            object.__setattr__(self, "record", self.signed.to_bytes().hex())
-        object.__setattr__(self, "card_id", e.card_id.hex())
-        object.__setattr__(self, "seqno", e.atc + e.load_counter)
-
-    @property
-    def event(self) -> CardEvent:
-        return self.signed.event
+    def __init__(self, signed: SignedEvent, terminal_id: str, merchant_id: str,
+                 record: str = "") -> None:
+        e = signed.event
+        self.signed = signed
+        self.event: CardEvent = e
+        self.terminal_id = terminal_id
+        self.merchant_id = merchant_id
+        self.record = record or signed.to_bytes().hex()
+        self.card_id = e.card_id.hex()
+        self.seqno = e.atc + e.load_counter
 
 
 @dataclass(slots=True)
@@ -251,6 +247,7 @@ class Clearing:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._accounts = AccountIds()
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -325,8 +322,8 @@ class Clearing:
                                  c.gap_since) for cid, c in cards.items()}
         return self._take(s, states, items)
 
-    def _take(self, s: Session, cards: dict[str, CardState],
-              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
+    def _take(self, s: Session, cards: dict[str, CardState], items: list[Incoming],
+              batch: str = "") -> tuple[list[Taken], list[str]]:
         now = self.host.now()
         s.flush()
         wanted: set[tuple[str, int]] = set()
@@ -377,14 +374,13 @@ class Clearing:
             if problem:
                 broken.setdefault(it.card_id, f"seqno {it.seqno}: {problem}")
 
-        bulk.insert(s, "card_events", EVENT_COLUMNS, [self._row(it, now) for it in new])
         for it in conflicts:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
                                     terminal_id=it.terminal_id, record=it.record,
                                     detected_at=now))
-        entries = [self._entry(cards, it) for it in new]
-        entries += [self._clone_entry(cards, it) for it in conflicts]
-        Ledger(s, now).post_many([entry for entry in entries if entry is not None])
+        booked = self._book(s, cards, new, conflicts, now, batch)
+        bulk.insert(s, "card_events", EVENT_COLUMNS,
+                    [self._row(it, now, txn) for it, txn in zip(new, booked, strict=True)])
         self._advance(s, cards, new, now)
         for card_id, why in broken.items():
             self._clone(s, self._card(s, card_id), why)
@@ -402,11 +398,62 @@ class Clearing:
             CardEventConflict.record == it.record)) is not None
 
     @staticmethod
-    def _row(it: Incoming, now: int) -> tuple[object, ...]:
+    def _row(it: Incoming, now: int, txn: int | None) -> tuple[object, ...]:
         e = it.event
         return (it.card_id, it.seqno, e.kind, e.atc, e.load_counter, e.amount, e.split,
-                alpha_currency(e.currency), e.tx_type, e.balance_before, e.balance_after,
-                it.terminal_id, e.terminal_seq, e.time, it.record, now)
+                _alpha(e.currency), e.tx_type, e.balance_before, e.balance_after,
+                it.terminal_id, e.terminal_seq, e.time, it.record, now, txn)
+
+    def _book(self, s: Session, cards: Mapping[str, CardState], new: list[Incoming],
+              conflicts: list[Incoming], now: int, batch: str) -> list[int | None]:
+        """Book the new events and the clones' on the ledger; the transaction of each new
+        event (None: it moved no money).
+
+        A batch's debits are one ``clear_debit`` transaction per terminal, currency and
+        value day, with one posting per card (what its purse paid) and one to the
+        merchant; its reference names the batch (``terminal:batch:day:currency``) and
+        each card event names the transaction. Cancels, loads and clones' events are a
+        transaction each, referenced by the event (``card:seqno``)."""
+        entries: list[Entry] = []
+        slot: list[int] = []  # per new event: its entry, or -1
+        groups: dict[tuple[str, str, str, int], list[int]] = {}
+        for i, it in enumerate(new):
+            e = it.event
+            if e.kind == EventKind.DEBIT and e.amount:
+                key = (it.terminal_id, it.merchant_id, cards[it.card_id].currency,
+                       e.time // DAY)
+                groups.setdefault(key, []).append(i)
+                slot.append(-1)
+                continue
+            entry = self._entry(cards, it)
+            slot.append(-1 if entry is None else len(entries))
+            if entry is not None:
+                entries.append(entry)
+        for (tid, mid, cur, _), members in groups.items():
+            paid: dict[str, int] = {}
+            total = 0
+            first = new[members[0]]
+            when = first.event.time
+            for i in members:
+                it = new[i]
+                amount = it.event.amount
+                paid[it.card_id] = paid.get(it.card_id, 0) + amount
+                total += amount
+                when = min(when, it.event.time)
+                slot[i] = len(entries)
+            legs = [(Acct(Kind.PURSE_FLOAT, cid, cur), amount)
+                    for cid, amount in sorted(paid.items())]
+            legs.append((Acct(Kind.MERCHANT_PAYABLE, mid, cur), -total))
+            day = day_of(when).isoformat()
+            ref = f"{tid}:{batch}:{day}:{cur}" if batch else f"{first.card_id}:{first.seqno}"
+            entries.append(Entry(
+                "clear_debit", ref, legs, value_time=when, merchant_id=mid,
+                card_id=first.card_id if len(paid) == 1 else None,
+                memo=f"{len(members)} debits" + (f" of batch {batch}" if batch else "")))
+        entries += [entry for it in conflicts
+                    if (entry := self._clone_entry(cards, it)) is not None]
+        ids = Ledger(s, now, self._accounts).post_many(entries)
+        return [ids[n] if n >= 0 else None for n in slot]
 
     @staticmethod
     def _entry(cards: Mapping[str, CardState], it: Incoming) -> Entry | None:
@@ -482,8 +529,9 @@ class Clearing:
             card.gap_since = (card.gap_since or now) if card.max_seqno > c else None
             changed.append((cid, c, card.max_seqno, card.gap_since))
         bulk.update(s, "cards", CARD_KEY, COUNTERS, changed)
-        for cid, c, top, gap in changed:  # a Card the session holds (loads) stays current
-            obj = s.identity_map.get(s.identity_key(Card, cid))
+        held = {o.card_id: o for o in s.identity_map.values() if isinstance(o, Card)}
+        for cid, c, top, gap in changed if held else ():  # a Card the session holds stays current
+            obj = held.get(cid)
             if obj is not None:
                 set_committed_value(obj, "contiguous_seqno", c)
                 set_committed_value(obj, "max_seqno", top)
@@ -643,10 +691,7 @@ class Clearing:
     def _entries(self, s: Session, terminal: Terminal, batch: BatchUpload,
                  checks: list[Check]) -> tuple[BatchAck, list[str]]:
         tid = terminal.terminal_id
-        seen = {int(seq): h for seq, h in bulk.select_with(
-            s, [("terminal_id", "text"), ("seq", "bigint")], [(tid, e.seq) for e in batch.entries],
-            "SELECT j.seq, j.entry_hash FROM journal_records j "
-            "JOIN v ON j.terminal_id = v.terminal_id AND j.seq = v.seq")}
+        seen = self._journal_seen(s, tid, [e.seq for e in batch.entries])
         duplicates: list[int] = []
         rejected: list[Rejected] = []
         taken: list[JournalEntry] = []
@@ -676,7 +721,7 @@ class Clearing:
             if check is not None:
                 events.append(Incoming(check.signed, tid, terminal.merchant_id, check.record))
         cards = self._lock_states(s, {it.card_id for it in events})
-        _, pending = self._take(s, cards, events)
+        _, pending = self._take(s, cards, events, batch.batch_id)
         bulk.insert(s, "journal_records", JOURNAL_COLUMNS, [
             (tid, e.seq, e.kind, e.card_id, e.amount, e.split, e.currency, e.time,
              e.reference[:160], e.entry_hash, batch.batch_id, "accepted", 0) for e in taken])
@@ -692,6 +737,24 @@ class Clearing:
         return BatchAck(batch_id=batch.batch_id, accepted=sorted(e.seq for e in taken),
                         duplicates=sorted(duplicates), rejected=rejected,
                         host_totals=host_totals, mismatch=theirs != host_totals), pending
+
+    @staticmethod
+    def _journal_seen(s: Session, tid: str, seqs: list[int]) -> dict[int, str]:
+        """The entry hashes of those of the terminal's journal numbers already taken: one
+        range of its journal when the numbers are close together (a day's batch), else
+        number by number."""
+        if not seqs:
+            return {}
+        low, high = min(seqs), max(seqs)
+        if high - low < 4 * len(seqs):
+            wanted = set(seqs)
+            rows = s.execute(select(JournalRecord.seq, JournalRecord.entry_hash).where(
+                JournalRecord.terminal_id == tid, JournalRecord.seq.between(low, high))).all()
+            return {int(seq): h for seq, h in rows if seq in wanted}
+        return {int(seq): h for seq, h in bulk.select_with(
+            s, [("terminal_id", "text"), ("seq", "bigint")], [(tid, n) for n in seqs],
+            "SELECT j.seq, j.entry_hash FROM journal_records j "
+            "JOIN v ON j.terminal_id = v.terminal_id AND j.seq = v.seq")}
 
     def _journal_progress(self, s: Session, terminal: Terminal, taken: list[JournalEntry]) -> None:
         """Move the terminal's journal high-water marks; alert on a broken hash chain."""

@@ -1,9 +1,11 @@
 """Bulk statements for the hot paths (clearing and the ledger).
 
 Many rows per statement, in the caller's transaction, without the ORM and
-without compiling SQL per row: on PostgreSQL the rows travel as one array per
-column (``unnest``), so that a thousand rows are one statement and one round
-trip; on SQLite (in-process, no round trips) they go through ``executemany``.
+without compiling SQL per row: on PostgreSQL rows are inserted with ``COPY``
+(one round trip, no per-row statement work in the server) and looked up or
+updated as one array per column (``unnest``), so that a thousand rows are one
+statement and one round trip; on SQLite (in-process, no round trips) they go
+through ``executemany``.
 Rows are sequences of plain Python values in the order of ``columns``; a
 column is ``(name, PostgreSQL type)``.
 
@@ -49,6 +51,16 @@ class _Cursor:
     def executemany(self, sql: str, params: Any) -> None:
         self._run(self.cursor.executemany, sql, params)
 
+    def copy(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """PostgreSQL: ``COPY ... FROM STDIN`` with these rows."""
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            with self.cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except error as exc:
+            raise DBAPIError.instance(sql, None, exc, error) from exc
+
     def fetchall(self) -> list[Any]:
         return list(self.cursor.fetchall())
 
@@ -75,11 +87,12 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     names = ", ".join(c for c, _ in columns)
     cur = _cursor(s)
     if is_postgres(s):
-        sql = f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}"
-        if returning:
-            sql += f" RETURNING {returning}"
+        if not returning:
+            cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
+            return []
+        sql = f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)} RETURNING {returning}"
         cur.execute(sql, _arrays(len(columns), rows))
-        return [tuple(r) for r in cur.fetchall()] if returning else []
+        return [tuple(r) for r in cur.fetchall()]
     if returning:
         raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
     marks = ", ".join("?" for _ in columns)
