@@ -17,20 +17,27 @@ load the load counter, so every event moves exactly one of them):
   and the gap report lists gaps older than ``gap_report_after_s``.
 
 Ledger: a debit moves value from the card's purse float to the merchant's
-payable; a cancel moves it back; a load moves the authorised amount out of
-load suspense into the purse float (and into the credit receivable for the
-part that repaid failed debts). A split debit also opens its debt (see
-:mod:`tallypurse.host.agent`).
+payable; a batch's debits are booked together, one transaction per terminal,
+currency and value day with one posting per card (the sum of its debits) and
+one to the merchant, and each card event names the transaction that booked it
+(``card_events.transaction_id``: the per-debit record an auditor follows). A
+cancel moves value back; a load moves the authorised amount out of load
+suspense into the purse float (and into the credit receivable for the part
+that repaid failed debts); each is a transaction of its own. A split debit
+also opens its debt (see :mod:`tallypurse.host.agent`).
 
 Speed: a batch is checked before its write transaction begins: the SAM's batch
 signature and every TAC are verified with keys read in a read-only transaction
 (card keys are kept in a per-process cache: a card's certified key never
 changes), on several threads for a large batch (OpenSSL runs without the GIL).
-The write transaction then takes the whole batch with a handful of bulk
-statements (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the
-batch's cards in card order, read the neighbours of its events, insert the
-events, the journal entries and the ledger postings, move the cards' counters.
-Only the rare events (clones, split debits, cancels, loads) go through the ORM.
+The batch is put in canonical JSON once (its payload hash and the SAM-signed
+bytes come from the same dump) and each card record is parsed once. The write
+transaction then takes the whole batch with a handful of bulk statements
+(:mod:`tallypurse.host.db.bulk`), whatever its size: lock the batch's cards in
+card order, read the neighbours of its events, book the ledger, insert the
+events and the journal entries, move the cards' counters. Account ids are kept
+across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only the rare
+events (clones, split debits, cancels, loads) go through the ORM.
 """
 
 from __future__ import annotations
@@ -364,7 +371,7 @@ class Clearing:
             e = it.event
             problem = _consistent(e)
             prev, nxt = known.get((it.card_id, it.seqno - 1)), known.get((it.card_id, it.seqno + 1))
-            mine = _known(e, it.record)
+            mine = known[(it.card_id, it.seqno)]
             if not problem and it.seqno == 1 and e.balance_before != 0:
                 problem = "first event does not start from zero"
             if not problem and prev is not None:

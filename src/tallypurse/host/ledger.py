@@ -6,7 +6,9 @@ in each currency. :meth:`Ledger.post` and :meth:`Ledger.post_many` are the
 only places postings are written and they refuse anything unbalanced; the
 database refuses any change to a posting once written (triggers, see the
 migrations). Each transaction has a ``(kind, reference)`` that is unique, so
-that a business event cannot be booked twice. An account's ``balance`` is
+that a business event cannot be booked twice (clearing books a batch's debits
+as one transaction per value day; each card event names its transaction, see
+:mod:`tallypurse.host.clearing`). An account's ``balance`` is
 kept beside its postings (moved when the transaction commits, see
 :func:`apply_pending_balances`) and :func:`audit` proves that the two agree.
 
@@ -34,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -57,7 +59,7 @@ class Kind(StrEnum):
     LOAD_SUSPENSE = "load_suspense"
 
 
-
+KINDS = {k.value: k for k in Kind}  # an account kind by its stored name
 
 ACCOUNT_KEY: list[bulk.Column] = [("kind", "text"), ("owner", "text"), ("currency", "text")]
 TXN_COLUMNS: list[bulk.Column] = [
@@ -77,9 +79,9 @@ class LedgerError(TallypurseError):
     code = 2801
 
 
-@dataclass(frozen=True, slots=True)
-class Acct:
-    """An account's identity: kind, owner and currency."""
+class Acct(NamedTuple):
+    """An account's identity: kind, owner and currency (a tuple: hashed in C, as hot
+    paths key thousands of postings by it)."""
 
     kind: Kind
     owner: str
@@ -178,7 +180,7 @@ class Ledger:
                 self.session, ACCOUNT_KEY, [(a.kind.value, a.owner, a.currency) for a in missing],
                 "SELECT a.id, a.kind, a.owner, a.currency FROM accounts a JOIN v ON "
                 "a.kind = v.kind AND a.owner = v.owner AND a.currency = v.currency")
-            found = {Acct(Kind(k), o, c): int(i) for i, k, o, c in rows}
+            found = {Acct(KINDS[k], o, c): int(i) for i, k, o, c in rows}
             if self.known is not None:
                 self.known.keep(self.session, found)
             out.update(found)

@@ -90,8 +90,8 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
         if not returning:
             cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
             return []
-        sql = f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)} RETURNING {returning}"
-        cur.execute(sql, _arrays(len(columns), rows))
+        cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)} "
+                    f"RETURNING {returning}", _arrays(len(columns), rows))
         return [tuple(r) for r in cur.fetchall()]
     if returning:
         raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
