@@ -277,8 +277,10 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
                 card_id=cid, memo="bench: yesterday's load"))
         ledger = Ledger(s, now - DAY)
         for i in range(0, len(event_rows), 5000):
-            s.execute(sa.insert(table(CardEventRow)), event_rows[i:i + 5000])
-            ledger.post_many(entries[i:i + 5000])
+            txns = ledger.post_many(entries[i:i + 5000])
+            s.execute(sa.insert(table(CardEventRow)), [
+                {**row, "transaction_id": txn}
+                for row, txn in zip(event_rows[i:i + 5000], txns, strict=True)])
         uow.commit()
     # Each terminal's journal (hash-chained, every entry signed by its SAM), cut into
     # day-end batches; each terminal uploads through one of the processes.
