@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from tallypurse.host.db.engine import Database
-from tallypurse.host.db.migrate import current_revision, head_revision, upgrade
+from tallypurse.host.db.migrate import current_revision, downgrade, head_revision, upgrade
 from tallypurse.host.db.models import Base
+
+from .conftest import PG_URL
 
 
 def test_the_migrations_match_the_models(database: Database) -> None:
@@ -20,3 +30,58 @@ def test_the_migrations_match_the_models(database: Database) -> None:
 def test_migrating_again_is_a_no_op(database: Database) -> None:
     assert current_revision(database) == head_revision()
     assert upgrade(database) == head_revision()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database of its own migrated to revision 0004 only."""
+    if request.param == "sqlite":
+        db = Database.connect(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+        upgrade(db, "0004")
+        yield db
+        db.dispose()
+        return
+    admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+    schema = f"tp_mig_{os.getpid()}_{secrets.token_hex(3)}"
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    db = Database.connect(PG_URL, schema=schema)
+    try:
+        upgrade(db, "0004")
+        yield db
+    finally:
+        db.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_0007_links_the_events_cleared_before_it_to_their_own_transactions(
+        at_0004: Database) -> None:
+    event = ("INSERT INTO card_events (card_id, seqno, kind, atc, load_counter, amount, split, "
+             "currency, tx_type, balance_before, balance_after, terminal_id, terminal_seq, "
+             "time, record, cleared_at) VALUES (:c, :n, :k, :atc, 1, :a, 0, 'EUR', 0, :b, :after, "
+             "'00', 0, 0, 'r', 0)")
+    txn = ("INSERT INTO ledger_transactions (kind, reference, created, value_time, value_day, "
+           "memo) VALUES (:k, :r, 0, 0, :d, '')")
+    with at_0004.engine.begin() as conn:
+        for n, kind, amount, before in ((1, 3, 500, 0), (2, 1, 0, 500), (3, 1, 20, 500)):
+            conn.execute(sa.text(event), {"c": "00000000000000c1", "n": n, "k": kind,
+                                          "atc": n - 1, "a": amount, "b": before,
+                                          "after": before - amount if kind == 1 else amount})
+        conn.execute(sa.text(event), {"c": "00000000000000c2", "n": 1, "k": 3, "atc": 0,
+                                      "a": 9, "b": 0, "after": 9})
+        for booked, ref in (("clear_load", "00000000000000c1:1"),
+                          ("clear_debit", "00000000000000c1:3"),
+                          ("debt_open", "00000000000000c2:1")):  # not a clearing transaction
+            conn.execute(sa.text(txn), {"k": booked, "r": ref, "d": dt.date(2026, 1, 2)})
+    assert upgrade(at_0004) == head_revision()
+    with at_0004.engine.connect() as conn:
+        ids: dict[str, int] = dict(conn.execute(sa.text(
+            "SELECT reference, id FROM ledger_transactions")).all())
+        linked = {(c[-2:], n): t for c, n, t in conn.execute(sa.text(
+            "SELECT card_id, seqno, transaction_id FROM card_events")).all()}
+    assert linked == {("c1", 1): ids["00000000000000c1:1"], ("c1", 2): None,
+                      ("c1", 3): ids["00000000000000c1:3"], ("c2", 1): None}
+    assert downgrade(at_0004, "0004") == "0004"
+    assert upgrade(at_0004) == head_revision()

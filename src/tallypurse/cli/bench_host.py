@@ -20,6 +20,7 @@ the end (nothing else in that database is touched).
 
 from __future__ import annotations
 
+import gc
 import json
 import multiprocessing as mp
 import os
@@ -276,8 +277,10 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
                 card_id=cid, memo="bench: yesterday's load"))
         ledger = Ledger(s, now - DAY)
         for i in range(0, len(event_rows), 5000):
-            s.execute(sa.insert(table(CardEventRow)), event_rows[i:i + 5000])
-            ledger.post_many(entries[i:i + 5000])
+            txns = ledger.post_many(entries[i:i + 5000])
+            s.execute(sa.insert(table(CardEventRow)), [
+                {**row, "transaction_id": txn}
+                for row, txn in zip(event_rows[i:i + 5000], txns, strict=True)])
         uow.commit()
     # Each terminal's journal (hash-chained, every entry signed by its SAM), cut into
     # day-end batches; each terminal uploads through one of the processes.
@@ -328,6 +331,9 @@ def _clear_worker(bdb: BenchDb, lab_dir: Path, data_dir: Path, now: int, docs: l
         host = _open_host(bdb, lab_dir, now, data_dir)
         batches = [BatchUpload.model_validate_json(d) for d in docs]
         host.db.ping()
+        # The day's batches wait in memory here (a server holds one request at a time):
+        # kept out of the garbage collector's walks, as everything loaded so far.
+        gc.freeze()
         barrier.wait()
         t0 = time.perf_counter()
         accepted = rejected = 0

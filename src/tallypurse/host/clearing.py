@@ -17,30 +17,39 @@ load the load counter, so every event moves exactly one of them):
   and the gap report lists gaps older than ``gap_report_after_s``.
 
 Ledger: a debit moves value from the card's purse float to the merchant's
-payable; a cancel moves it back; a load moves the authorised amount out of
-load suspense into the purse float (and into the credit receivable for the
-part that repaid failed debts). A split debit also opens its debt (see
-:mod:`tallypurse.host.agent`).
+payable; a batch's debits are booked together, one transaction per terminal,
+currency and value day with one posting per card (the sum of its debits) and
+one to the merchant, and each card event names the transaction that booked it
+(``card_events.transaction_id``: the per-debit record an auditor follows). A
+cancel moves value back; a load moves the authorised amount out of load
+suspense into the purse float (and into the credit receivable for the part
+that repaid failed debts); each is a transaction of its own. A split debit
+also opens its debt (see :mod:`tallypurse.host.agent`).
 
 Speed: a batch is checked before its write transaction begins: the SAM's batch
 signature and every TAC are verified with keys read in a read-only transaction
 (card keys are kept in a per-process cache: a card's certified key never
 changes), on several threads for a large batch (OpenSSL runs without the GIL).
-The write transaction then takes the whole batch with a handful of bulk
-statements (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the
-batch's cards in card order, read the neighbours of its events, insert the
-events, the journal entries and the ledger postings, move the cards' counters.
-Only the rare events (clones, split debits, cancels, loads) go through the ORM.
+The batch is put in canonical JSON once (its payload hash and the SAM-signed
+bytes come from the same dump) and each card record is parsed once. The write
+transaction then takes the whole batch with a handful of bulk statements
+(:mod:`tallypurse.host.db.bulk`), whatever its size: lock the batch's cards in
+card order, read the neighbours of its events, book the ledger, insert the
+events and the journal entries, move the cards' counters. Account ids are kept
+across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only the rare
+events (clones, split debits, cancels, loads) go through the ORM.
 """
 
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -51,9 +60,15 @@ from sqlalchemy.orm.attributes import set_committed_value
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import DecodeError
-from tallypurse.core.hostapi import BatchAck, BatchUpload, JournalEntry, Rejected, Totals
-from tallypurse.core.httpsig import batch_signed_bytes
-from tallypurse.core.messages import CardEvent, SignedEvent, domain
+from tallypurse.core.hostapi import (
+    BatchAck,
+    BatchUpload,
+    JournalEntry,
+    Rejected,
+    Totals,
+    canonical,
+)
+from tallypurse.core.messages import EVENT_RECORD_LEN, CardEvent, SignedEvent, domain
 from tallypurse.core.protocol import EventKind
 from tallypurse.core.samproto import PURPOSE_BATCH, verify_signature
 from tallypurse.host.db import bulk
@@ -76,9 +91,14 @@ from tallypurse.host.errors import (
     UNKNOWN_CARD,
     HostError,
 )
-from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
+from tallypurse.host.ledger import AccountIds, Acct, Entry, Kind, Ledger, day_of
 
-from .common import alpha_currency, hex_bytes, log_event, payload_hash, retrying
+from .common import alpha_currency, hex_bytes, log_event, retrying
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite's own wait only
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -90,13 +110,15 @@ EVENT_DOMAIN = domain(CardEvent.MSG)
 KEY_CACHE_MAX = 200_000  # card keys kept per process (about 200 bytes each)
 PARALLEL_FROM = 64  # TACs in a batch from which they are verified on several threads
 VERIFY_THREADS = min(8, os.cpu_count() or 1)
+DAY = 86_400
 
 EVENT_COLUMNS: list[bulk.Column] = [
     ("card_id", "text"), ("seqno", "bigint"), ("kind", "integer"), ("atc", "bigint"),
     ("load_counter", "bigint"), ("amount", "bigint"), ("split", "bigint"),
     ("currency", "text"), ("tx_type", "integer"), ("balance_before", "bigint"),
     ("balance_after", "bigint"), ("terminal_id", "text"), ("terminal_seq", "bigint"),
-    ("time", "bigint"), ("record", "text"), ("cleared_at", "bigint")]
+    ("time", "bigint"), ("record", "text"), ("cleared_at", "bigint"),
+    ("transaction_id", "bigint")]
 JOURNAL_COLUMNS: list[bulk.Column] = [
     ("terminal_id", "text"), ("seq", "bigint"), ("kind", "text"), ("card_id", "text"),
     ("amount", "bigint"), ("split", "bigint"), ("currency", "text"), ("time", "bigint"),
@@ -114,28 +136,22 @@ class Taken(StrEnum):
     CONFLICT = "conflict"  # a clone's event: paid from losses, card blacklisted
 
 
-@dataclass(frozen=True, slots=True)
 class Incoming:
     """A verified card event to take, with who uploaded it (``record``: the signed
     event as hex, as uploaded; computed when not given)."""
 
-    signed: SignedEvent
-    terminal_id: str
-    merchant_id: str
-    record: str = ""
-    card_id: str = field(init=False)
-    seqno: int = field(init=False)
+    __slots__ = ("card_id", "event", "merchant_id", "record", "seqno", "signed", "terminal_id")
 
-    def __post_init__(self) -> None:
-        e = self.signed.event
-        if not self.record:
-            object.__setattr__(self, "record", self.signed.to_bytes().hex())
-        object.__setattr__(self, "card_id", e.card_id.hex())
-        object.__setattr__(self, "seqno", e.atc + e.load_counter)
-
-    @property
-    def event(self) -> CardEvent:
-        return self.signed.event
+    def __init__(self, signed: SignedEvent, terminal_id: str, merchant_id: str,
+                 record: str = "") -> None:
+        e = signed.event
+        self.signed = signed
+        self.event: CardEvent = e
+        self.terminal_id = terminal_id
+        self.merchant_id = merchant_id
+        self.record = record or signed.to_bytes().hex()
+        self.card_id = e.card_id.hex()
+        self.seqno = e.atc + e.load_counter
 
 
 @dataclass(slots=True)
@@ -196,6 +212,45 @@ def _known(e: CardEvent, record: str) -> Known:
     return Known(e.kind, e.atc, e.load_counter, e.balance_before, e.balance_after, record)
 
 
+_EVENT = struct.Struct(CardEvent.FORMAT)
+_EVENT_KINDS = frozenset(int(k) for k in EventKind)
+_ALPHA: dict[int, str] = {}
+
+
+def _alpha(numeric: int) -> str:
+    code = _ALPHA.get(numeric)
+    if code is None:
+        code = _ALPHA[numeric] = alpha_currency(numeric)  # BadInput for an unknown number
+    return code
+
+
+def parse_record(record_hex: str) -> tuple[SignedEvent, bytes] | HostError:
+    """A journal entry's card record (hex, already checked to be hex): the signed event
+    and its bytes, or why it cannot be one."""
+    raw = bytes.fromhex(record_hex)
+    if len(raw) == EVENT_RECORD_LEN:
+        values = _EVENT.unpack_from(raw)
+        if values[0] in _EVENT_KINDS:
+            return SignedEvent(CardEvent(*values), raw[EVENT_SIZE:]), raw
+    try:  # the one parser says what is wrong
+        return SignedEvent.parse(raw), raw
+    except DecodeError as exc:
+        return HostError(RECORD_INVALID, f"card record: {exc.message}")
+
+
+def batch_digest(batch: BatchUpload) -> tuple[str, bytes]:
+    """The batch's payload hash (``payload_hash``) and the bytes its SAM signed
+    (``batch_signed_bytes``) from one dump of the batch: each top-level field is put
+    in canonical JSON once and the two documents are assembled from the parts exactly
+    as ``canonical`` writes an object (sorted keys, no spaces)."""
+    doc = batch.model_dump(mode="json")
+    parts = {k: canonical(k) + b":" + canonical(v) for k, v in doc.items()}
+    keys = sorted(parts)
+    full = b"{" + b",".join(parts[k] for k in keys) + b"}"
+    signed = b"{" + b",".join(parts[k] for k in keys if k != "signature") + b"}"
+    return crypto.sha256(full).hex(), signed
+
+
 def _verify_each(jobs: Sequence[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]) -> list[bool]:
     return [crypto.verify(key, tac, data) for key, tac, data in jobs]
 
@@ -204,6 +259,8 @@ class Clearing:
     def __init__(self, host: Host) -> None:
         self.host = host
         self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._accounts = AccountIds()
+        self._turn_lock = threading.Lock()  # threads of this process: one at a time
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -253,6 +310,21 @@ class Clearing:
             raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
         return signed
 
+    @contextmanager
+    def _writer_turn(self) -> Iterator[None]:
+        """On a SQLite file: wait for this process's turn at the write lock on a lock file
+        beside the database (``<file>-clearing.lock``), so that clearing writers in
+        several processes follow one another as soon as the lock is free. SQLite's own
+        wait for a busy database sleeps between tries (up to 100 ms each), during which
+        the lock may sit unused. The write transaction itself is SQLite's, as before."""
+        path = None if self.host.db.postgres else self.host.db.engine.url.database
+        if not path or path == ":memory:" or fcntl is None:
+            yield
+            return
+        with self._turn_lock, open(f"{path}-clearing.lock", "a+b") as turn:
+            fcntl.flock(turn.fileno(), fcntl.LOCK_EX)  # released when the file closes
+            yield
+
     # --- taking card events (shared with load confirmations) --------------------------------------
     def lock_cards(self, s: Session, card_ids: set[str]) -> dict[str, Card]:
         stmt = select(Card).where(Card.card_id.in_(sorted(card_ids))).order_by(Card.card_id)
@@ -278,8 +350,8 @@ class Clearing:
                                  c.gap_since) for cid, c in cards.items()}
         return self._take(s, states, items)
 
-    def _take(self, s: Session, cards: dict[str, CardState],
-              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
+    def _take(self, s: Session, cards: dict[str, CardState], items: list[Incoming],
+              batch: str = "") -> tuple[list[Taken], list[str]]:
         now = self.host.now()
         s.flush()
         wanted: set[tuple[str, int]] = set()
@@ -320,7 +392,7 @@ class Clearing:
             e = it.event
             problem = _consistent(e)
             prev, nxt = known.get((it.card_id, it.seqno - 1)), known.get((it.card_id, it.seqno + 1))
-            mine = _known(e, it.record)
+            mine = known[(it.card_id, it.seqno)]
             if not problem and it.seqno == 1 and e.balance_before != 0:
                 problem = "first event does not start from zero"
             if not problem and prev is not None:
@@ -330,14 +402,13 @@ class Clearing:
             if problem:
                 broken.setdefault(it.card_id, f"seqno {it.seqno}: {problem}")
 
-        bulk.insert(s, "card_events", EVENT_COLUMNS, [self._row(it, now) for it in new])
         for it in conflicts:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
                                     terminal_id=it.terminal_id, record=it.record,
                                     detected_at=now))
-        entries = [self._entry(cards, it) for it in new]
-        entries += [self._clone_entry(cards, it) for it in conflicts]
-        Ledger(s, now).post_many([entry for entry in entries if entry is not None])
+        booked = self._book(s, cards, new, conflicts, now, batch)
+        bulk.insert(s, "card_events", EVENT_COLUMNS,
+                    [self._row(it, now, txn) for it, txn in zip(new, booked, strict=True)])
         self._advance(s, cards, new, now)
         for card_id, why in broken.items():
             self._clone(s, self._card(s, card_id), why)
@@ -355,11 +426,62 @@ class Clearing:
             CardEventConflict.record == it.record)) is not None
 
     @staticmethod
-    def _row(it: Incoming, now: int) -> tuple[object, ...]:
+    def _row(it: Incoming, now: int, txn: int | None) -> tuple[object, ...]:
         e = it.event
         return (it.card_id, it.seqno, e.kind, e.atc, e.load_counter, e.amount, e.split,
-                alpha_currency(e.currency), e.tx_type, e.balance_before, e.balance_after,
-                it.terminal_id, e.terminal_seq, e.time, it.record, now)
+                _alpha(e.currency), e.tx_type, e.balance_before, e.balance_after,
+                it.terminal_id, e.terminal_seq, e.time, it.record, now, txn)
+
+    def _book(self, s: Session, cards: Mapping[str, CardState], new: list[Incoming],
+              conflicts: list[Incoming], now: int, batch: str) -> list[int | None]:
+        """Book the new events and the clones' on the ledger; the transaction of each new
+        event (None: it moved no money).
+
+        A batch's debits are one ``clear_debit`` transaction per terminal, currency and
+        value day, with one posting per card (what its purse paid) and one to the
+        merchant; its reference names the batch (``terminal:batch:day:currency``) and
+        each card event names the transaction. Cancels, loads and clones' events are a
+        transaction each, referenced by the event (``card:seqno``)."""
+        entries: list[Entry] = []
+        slot: list[int] = []  # per new event: its entry, or -1
+        groups: dict[tuple[str, str, str, int], list[int]] = {}
+        for i, it in enumerate(new):
+            e = it.event
+            if e.kind == EventKind.DEBIT and e.amount:
+                key = (it.terminal_id, it.merchant_id, cards[it.card_id].currency,
+                       e.time // DAY)
+                groups.setdefault(key, []).append(i)
+                slot.append(-1)
+                continue
+            entry = self._entry(cards, it)
+            slot.append(-1 if entry is None else len(entries))
+            if entry is not None:
+                entries.append(entry)
+        for (tid, mid, cur, _), members in groups.items():
+            paid: dict[str, int] = {}
+            total = 0
+            first = new[members[0]]
+            when = first.event.time
+            for i in members:
+                it = new[i]
+                amount = it.event.amount
+                paid[it.card_id] = paid.get(it.card_id, 0) + amount
+                total += amount
+                when = min(when, it.event.time)
+                slot[i] = len(entries)
+            legs = [(Acct(Kind.PURSE_FLOAT, cid, cur), amount)
+                    for cid, amount in sorted(paid.items())]
+            legs.append((Acct(Kind.MERCHANT_PAYABLE, mid, cur), -total))
+            day = day_of(when).isoformat()
+            ref = f"{tid}:{batch}:{day}:{cur}" if batch else f"{first.card_id}:{first.seqno}"
+            entries.append(Entry(
+                "clear_debit", ref, legs, value_time=when, merchant_id=mid,
+                card_id=first.card_id if len(paid) == 1 else None,
+                memo=f"{len(members)} debits" + (f" of batch {batch}" if batch else "")))
+        entries += [entry for it in conflicts
+                    if (entry := self._clone_entry(cards, it)) is not None]
+        ids = Ledger(s, now, self._accounts).post_many(entries)
+        return [ids[n] if n >= 0 else None for n in slot]
 
     @staticmethod
     def _entry(cards: Mapping[str, CardState], it: Incoming) -> Entry | None:
@@ -435,8 +557,9 @@ class Clearing:
             card.gap_since = (card.gap_since or now) if card.max_seqno > c else None
             changed.append((cid, c, card.max_seqno, card.gap_since))
         bulk.update(s, "cards", CARD_KEY, COUNTERS, changed)
-        for cid, c, top, gap in changed:  # a Card the session holds (loads) stays current
-            obj = s.identity_map.get(s.identity_key(Card, cid))
+        held = {o.card_id: o for o in s.identity_map.values() if isinstance(o, Card)}
+        for cid, c, top, gap in changed if held else ():  # a Card the session holds stays current
+            obj = held.get(cid)
             if obj is not None:
                 set_committed_value(obj, "contiguous_seqno", c)
                 set_committed_value(obj, "max_seqno", top)
@@ -473,8 +596,8 @@ class Clearing:
         if len(batch.entries) > self.host.settings.max_batch_entries:
             raise HostError(BATCH_TOO_LARGE,
                             f"at most {self.host.settings.max_batch_entries} entries per batch")
-        digest = payload_hash(batch)
-        checked = self._check_batch(terminal_id, batch, digest)
+        digest, signed_bytes = batch_digest(batch)
+        checked = self._check_batch(terminal_id, batch, digest, signed_bytes)
         if isinstance(checked, BatchAck):
             return checked  # this batch was taken before: the same answer again
         ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, checked))
@@ -482,23 +605,20 @@ class Clearing:
             self.host.agent.process_instruction(instruction)
         return ack
 
-    def _check_batch(self, terminal_id: str, batch: BatchUpload,
-                     digest: str) -> BatchAck | list[Check]:
+    def _check_batch(self, terminal_id: str, batch: BatchUpload, digest: str,
+                     signed_bytes: bytes) -> BatchAck | list[Check]:
         """Before any write transaction: the batch's earlier answer if it was taken,
         else its SAM signature and every entry's card record checked (one per entry)."""
-        parsed: list[SignedEvent | HostError | None] = []
+        parsed: list[tuple[SignedEvent, bytes] | HostError | None] = []
         card_ids: set[str] = set()
         for entry in batch.entries:
-            if RECORD_KINDS.get(entry.kind) is None or not entry.record:
+            if entry.kind not in RECORD_KINDS or not entry.record:
                 parsed.append(None)
                 continue
-            try:
-                one = SignedEvent.parse(bytes.fromhex(entry.record))
-            except DecodeError as exc:
-                parsed.append(HostError(RECORD_INVALID, f"card record: {exc.message}"))
-            else:
-                parsed.append(one)
-                card_ids.add(one.event.card_id.hex())
+            one = parse_record(entry.record)
+            if not isinstance(one, HostError):
+                card_ids.add(one[0].event.card_id.hex())
+            parsed.append(one)
             card_ids.add(entry.card_id)
         with self.host.db.reader() as s:
             prior = s.execute(select(BatchRow.payload_hash, BatchRow.ack).where(
@@ -511,14 +631,14 @@ class Clearing:
             public = self.host.tms.signing_key(s, terminal_id)
             keys = self._known_keys(s, card_ids)
         if not verify_signature(public, hex_bytes(batch.signature, "signature"),
-                                batch_signed_bytes(batch), purpose=PURPOSE_BATCH):
+                                signed_bytes, purpose=PURPOSE_BATCH):
             raise HostError(BATCH_SIGNATURE, "the SAM's batch signature does not verify")
         checks: list[Check] = []
         jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]] = []
         waiting: list[int] = []
         for i, (entry, record) in enumerate(zip(batch.entries, parsed, strict=True)):
             check: Check = None
-            if RECORD_KINDS.get(entry.kind) is not None:
+            if entry.kind in RECORD_KINDS:
                 if entry.card_id not in keys:
                     check = HostError(UNKNOWN_CARD, f"unknown card {entry.card_id}")
                 elif not entry.record:
@@ -527,19 +647,19 @@ class Clearing:
                 elif isinstance(record, HostError):
                     check = record
                 elif record is not None:
-                    key = keys.get(record.event.card_id.hex())
+                    signed, raw = record
+                    key = keys.get(signed.event.card_id.hex())
                     if key is None:
                         check = HostError(UNKNOWN_CARD,
-                                          f"unknown card {record.event.card_id.hex()}")
+                                          f"unknown card {signed.event.card_id.hex()}")
                     else:
-                        jobs.append((key, record.tac,
-                                     EVENT_DOMAIN + bytes.fromhex(entry.record)[:EVENT_SIZE]))
+                        jobs.append((key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
                         waiting.append(i)
             checks.append(check)
         for i, ok in zip(waiting, self._verify_all(jobs), strict=True):
             verified = parsed[i]
-            assert isinstance(verified, SignedEvent)
-            checks[i] = (self._match(verified, batch.entries[i], terminal_id) if ok else
+            assert isinstance(verified, tuple)
+            checks[i] = (self._match(verified[0], batch.entries[i], terminal_id) if ok else
                          HostError(RECORD_INVALID, "the card's signature (TAC) does not verify"))
         return checks
 
@@ -550,7 +670,7 @@ class Clearing:
         kind = RECORD_KINDS[entry.kind]
         expected_terminal = ZERO_TERMINAL if kind == EventKind.LOAD else terminal_id
         if (e.kind != kind or e.card_id.hex() != entry.card_id or e.amount != entry.amount
-                or e.split != entry.split or alpha_currency(e.currency) != entry.currency
+                or e.split != entry.split or _alpha(e.currency) != entry.currency
                 or e.terminal_id.hex() != expected_terminal):
             return HostError(RECORD_MISMATCH, "the card's record does not match the entry")
         return _Checked(signed, entry.record)
@@ -558,7 +678,7 @@ class Clearing:
     def _upload(self, terminal_id: str, batch: BatchUpload, digest: str,
                 checks: list[Check]) -> tuple[BatchAck, list[str]]:
         now = self.host.now()
-        with self.host.uow() as uow:
+        with self._writer_turn(), self.host.uow() as uow:
             s = uow.session
             prior = s.scalar(select(BatchRow).where(BatchRow.terminal_id == terminal_id,
                                                     BatchRow.batch_id == batch.batch_id))
@@ -589,10 +709,7 @@ class Clearing:
     def _entries(self, s: Session, terminal: Terminal, batch: BatchUpload,
                  checks: list[Check]) -> tuple[BatchAck, list[str]]:
         tid = terminal.terminal_id
-        seen = {int(seq): h for seq, h in bulk.select_with(
-            s, [("terminal_id", "text"), ("seq", "bigint")], [(tid, e.seq) for e in batch.entries],
-            "SELECT j.seq, j.entry_hash FROM journal_records j "
-            "JOIN v ON j.terminal_id = v.terminal_id AND j.seq = v.seq")}
+        seen = self._journal_seen(s, tid, [e.seq for e in batch.entries])
         duplicates: list[int] = []
         rejected: list[Rejected] = []
         taken: list[JournalEntry] = []
@@ -622,7 +739,7 @@ class Clearing:
             if check is not None:
                 events.append(Incoming(check.signed, tid, terminal.merchant_id, check.record))
         cards = self._lock_states(s, {it.card_id for it in events})
-        _, pending = self._take(s, cards, events)
+        _, pending = self._take(s, cards, events, batch.batch_id)
         bulk.insert(s, "journal_records", JOURNAL_COLUMNS, [
             (tid, e.seq, e.kind, e.card_id, e.amount, e.split, e.currency, e.time,
              e.reference[:160], e.entry_hash, batch.batch_id, "accepted", 0) for e in taken])
@@ -638,6 +755,24 @@ class Clearing:
         return BatchAck(batch_id=batch.batch_id, accepted=sorted(e.seq for e in taken),
                         duplicates=sorted(duplicates), rejected=rejected,
                         host_totals=host_totals, mismatch=theirs != host_totals), pending
+
+    @staticmethod
+    def _journal_seen(s: Session, tid: str, seqs: list[int]) -> dict[int, str]:
+        """The entry hashes of those of the terminal's journal numbers already taken: one
+        range of its journal when the numbers are close together (a day's batch), else
+        number by number."""
+        if not seqs:
+            return {}
+        low, high = min(seqs), max(seqs)
+        if high - low < 4 * len(seqs):
+            wanted = set(seqs)
+            rows = s.execute(select(JournalRecord.seq, JournalRecord.entry_hash).where(
+                JournalRecord.terminal_id == tid, JournalRecord.seq.between(low, high))).all()
+            return {int(seq): h for seq, h in rows if seq in wanted}
+        return {int(seq): h for seq, h in bulk.select_with(
+            s, [("terminal_id", "text"), ("seq", "bigint")], [(tid, n) for n in seqs],
+            "SELECT j.seq, j.entry_hash FROM journal_records j "
+            "JOIN v ON j.terminal_id = v.terminal_id AND j.seq = v.seq")}
 
     def _journal_progress(self, s: Session, terminal: Terminal, taken: list[JournalEntry]) -> None:
         """Move the terminal's journal high-water marks; alert on a broken hash chain."""

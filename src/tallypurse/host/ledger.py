@@ -6,7 +6,9 @@ in each currency. :meth:`Ledger.post` and :meth:`Ledger.post_many` are the
 only places postings are written and they refuse anything unbalanced; the
 database refuses any change to a posting once written (triggers, see the
 migrations). Each transaction has a ``(kind, reference)`` that is unique, so
-that a business event cannot be booked twice. An account's ``balance`` is
+that a business event cannot be booked twice (clearing books a batch's debits
+as one transaction per value day; each card event names its transaction, see
+:mod:`tallypurse.host.clearing`). An account's ``balance`` is
 kept beside its postings (moved when the transaction commits, see
 :func:`apply_pending_balances`) and :func:`audit` proves that the two agree.
 
@@ -34,7 +36,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, event, func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -57,7 +59,7 @@ class Kind(StrEnum):
     LOAD_SUSPENSE = "load_suspense"
 
 
-
+KINDS = {k.value: k for k in Kind}  # an account kind by its stored name
 
 ACCOUNT_KEY: list[bulk.Column] = [("kind", "text"), ("owner", "text"), ("currency", "text")]
 TXN_COLUMNS: list[bulk.Column] = [
@@ -68,6 +70,7 @@ POSTING_COLUMNS: list[bulk.Column] = [
     ("currency", "text")]
 BULK_BALANCES = 8  # more account balances than this move in one statement
 PENDING_BALANCES = "tallypurse_ledger_balances"  # Session.info: account id -> delta to apply
+CREATED_ACCOUNTS = "tallypurse_ledger_created"  # Session.info: ids of accounts made by this txn
 
 
 class LedgerError(TallypurseError):
@@ -76,9 +79,9 @@ class LedgerError(TallypurseError):
     code = 2801
 
 
-@dataclass(frozen=True, slots=True)
-class Acct:
-    """An account's identity: kind, owner and currency."""
+class Acct(NamedTuple):
+    """An account's identity: kind, owner and currency (a tuple: hashed in C, as hot
+    paths key thousands of postings by it)."""
 
     kind: Kind
     owner: str
@@ -132,12 +135,34 @@ def check_balanced(entry: Entry) -> list[tuple[Acct, int]]:
     return legs
 
 
-class Ledger:
-    """Books balanced transactions in the caller's session (its unit of work)."""
+class AccountIds:
+    """Account ids a process has read, kept across transactions (an account is never
+    deleted and its id never changes). Only ids of rows that another transaction
+    committed are kept: an account created by the current transaction is not, since
+    the transaction may still roll back."""
 
-    def __init__(self, session: Session, now: int) -> None:
+    def __init__(self, limit: int = 200_000) -> None:
+        self.limit = limit
+        self.ids: dict[Acct, int] = {}
+
+    def keep(self, session: Session, found: dict[Acct, int]) -> None:
+        mine: set[int] = session.info.get(CREATED_ACCOUNTS, set())
+        if len(self.ids) + len(found) > self.limit:
+            self.ids.clear()
+        for acct, aid in found.items():
+            if aid not in mine:
+                self.ids[acct] = aid
+
+
+class Ledger:
+    """Books balanced transactions in the caller's session (its unit of work).
+
+    ``known``: account ids kept across transactions (a hot path's own cache)."""
+
+    def __init__(self, session: Session, now: int, known: AccountIds | None = None) -> None:
         self.session = session
         self.now = now
+        self.known = known
 
     # --- accounts ---------------------------------------------------------------------------
     def account_ids(self, accts: Iterable[Acct]) -> dict[Acct, int]:
@@ -145,13 +170,22 @@ class Ledger:
         wanted = set(accts)
         if not wanted:
             return {}
-        rows = bulk.select_with(
-            self.session, ACCOUNT_KEY, [(a.kind.value, a.owner, a.currency) for a in wanted],
-            "SELECT a.id, a.kind, a.owner, a.currency FROM accounts a JOIN v ON "
-            "a.kind = v.kind AND a.owner = v.owner AND a.currency = v.currency")
-        out = {Acct(Kind(k), o, c): int(i) for i, k, o, c in rows}
-        for acct in sorted(wanted - out.keys(), key=str):
-            out[acct] = self._create(acct)
+        out: dict[Acct, int] = {}
+        if self.known is not None:
+            ids = self.known.ids
+            out = {a: i for a in wanted if (i := ids.get(a)) is not None}
+        missing = wanted - out.keys() if out else wanted
+        if missing:
+            rows = bulk.select_with(
+                self.session, ACCOUNT_KEY, [(a.kind.value, a.owner, a.currency) for a in missing],
+                "SELECT a.id, a.kind, a.owner, a.currency FROM accounts a JOIN v ON "
+                "a.kind = v.kind AND a.owner = v.owner AND a.currency = v.currency")
+            found = {Acct(KINDS[k], o, c): int(i) for i, k, o, c in rows}
+            if self.known is not None:
+                self.known.keep(self.session, found)
+            out.update(found)
+            for acct in sorted(missing - found.keys(), key=str):
+                out[acct] = self._create(acct)
         return out
 
     def _create(self, acct: Acct) -> int:
@@ -161,6 +195,7 @@ class Ledger:
                               balance=0, created=self.now)
                 self.session.add(row)
                 self.session.flush()
+                self.session.info.setdefault(CREATED_ACCOUNTS, set()).add(row.id)
                 return row.id
         except IntegrityError:  # created meanwhile by another transaction
             found = self.session.scalar(
@@ -244,10 +279,13 @@ class Ledger:
         changes = [(aid, d) for aid, d in changes if d]
         if not changes:
             return
-        if len(changes) > BULK_BALANCES and bulk.is_postgres(s):
-            s.connection().exec_driver_sql(
-                "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
-                ([aid for aid, _ in changes],))
+        postgres = bulk.is_postgres(s)
+        if not postgres or len(changes) > BULK_BALANCES:
+            if postgres:
+                s.connection().exec_driver_sql(
+                    "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    ([aid for aid, _ in changes],))
+            # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
             bulk.update(s, "accounts", ("id", "bigint"),
                         [("balance", "bigint", "{t} + {v}")], changes)
             return
@@ -289,6 +327,7 @@ def _before_commit(session: Session) -> None:
 def _fresh_transaction(session: Session, transaction: SessionTransaction) -> None:
     if transaction.parent is None:  # nothing of a rolled-back transaction carries over
         session.info.pop(PENDING_BALANCES, None)
+        session.info.pop(CREATED_ACCOUNTS, None)
 
 
 # --- audit ------------------------------------------------------------------------------------

@@ -18,12 +18,13 @@ import io
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import ColumnElement, and_, case, func, select, update
 
 from tallypurse.host.db.models import (
     Account,
     BankAccount,
     BankInstruction,
+    CardEventRow,
     Cardholder,
     Debt,
     LedgerTransaction,
@@ -43,6 +44,15 @@ if TYPE_CHECKING:
 
 # Ledger kinds that are a sale (counted in a settlement's number of transactions).
 SALES = ("clear_debit", "debt_open", "online_purchase", "clone_debit")
+
+
+def sales_in() -> ColumnElement[int]:
+    """How many sales a ledger transaction is: a ``clear_debit`` books a batch's debits
+    of one day together and counts its card events; any other sale counts once."""
+    events = (select(func.count()).where(CardEventRow.transaction_id == LedgerTransaction.id)
+              .scalar_subquery())
+    return case((LedgerTransaction.kind == "clear_debit", events),
+                (LedgerTransaction.kind.in_(SALES), 1), else_=0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +117,10 @@ class Settlements:
                 if gross <= 0:
                     continue
                 fees = fee_of(gross, merchant.fee_basis_points)
+                count = int(s.scalar(select(func.coalesce(func.sum(sales_in()), 0)).where(
+                    LedgerTransaction.id.in_(ids))) or 0)
                 row = Settlement(merchant_id=mid, business_day=day, currency=merchant.currency,
-                                 count=sum(1 for t in txns if t.kind in SALES), gross=gross,
+                                 count=count, gross=gross,
                                  fees=fees, net=gross - fees, status="open", created=now)
                 s.add(row)
                 s.flush()

@@ -295,11 +295,33 @@ class Checks:
 
     def effects_once(self, events: dict[str, list[CardEventRow]]) -> None:
         """Rule 2: one ledger effect per card event, per debt, per collection, per payout."""
-        want = {f"{cid}:{e.seqno}" for cid, evs in events.items() for e in evs if e.amount}
+        # What each clearing transaction did to each purse, and what its card events say it
+        # did (a batch's debits of one day share one transaction; every other event has
+        # its own): the two must be the same, transaction by transaction.
+        said: dict[int, Counter[str]] = defaultdict(Counter)
+        never = []
+        for cid, evs in events.items():
+            for e in evs:
+                if not e.amount:
+                    continue
+                if e.transaction_id is None:
+                    never.append(f"{cid}:{e.seqno}")
+                    continue
+                said[e.transaction_id][cid] += (
+                    e.amount if e.kind == EventKind.DEBIT else
+                    -e.amount if e.kind == EventKind.CANCEL else -(e.amount - e.split))
         with self.host.uow() as uow:
             s = uow.session
-            booked = Counter(s.scalars(select(LedgerTransaction.reference).where(
-                LedgerTransaction.kind.in_(CLEAR_KINDS))))
+            clear = dict(s.execute(select(LedgerTransaction.id, LedgerTransaction.reference)
+                                   .where(LedgerTransaction.kind.in_(CLEAR_KINDS))).all())
+            did: dict[int, Counter[str]] = defaultdict(Counter)
+            for txn, owner, amount in s.execute(
+                    select(Posting.transaction_id, Account.owner, Posting.amount)
+                    .join(Account, Account.id == Posting.account_id)
+                    .join(LedgerTransaction, LedgerTransaction.id == Posting.transaction_id)
+                    .where(LedgerTransaction.kind.in_(CLEAR_KINDS),
+                           Account.kind == Kind.PURSE_FLOAT.value)).all():
+                did[txn][owner] += amount
             debt_refs = Counter(s.scalars(select(LedgerTransaction.reference).where(
                 LedgerTransaction.kind == "debt_open")))
             collected = Counter(s.scalars(select(LedgerTransaction.reference).where(
@@ -308,11 +330,15 @@ class Checks:
                 LedgerTransaction.kind == "settlement_payout")))
             settlement_ids = list(s.scalars(select(Settlement.id)))
             splits = Counter((d.card_id, d.atc) for d in s.scalars(select(Debt)))
-        twice = [r for r, n in booked.items() if n > 1] + sorted(set(booked) - want)
+        def moved(by_card: Counter[str] | None) -> dict[str, int]:
+            return {c: n for c, n in (by_card or {}).items() if n}
+
+        twice = [clear[t] for t in sorted(clear) if moved(did.get(t)) != moved(said.get(t))]
         if twice:
-            self.fail("no_double_charge", f"{len(twice)} card events booked more than once or "
-                                          f"without a card event, e.g. {twice[:3]}")
-        never = sorted(want - set(booked))
+            self.fail("no_double_charge", f"{len(twice)} clearing transactions book other than "
+                                          f"their card events (twice, or without one), e.g. "
+                                          f"{twice[:3]}")
+        never += [f"transaction {t}" for t in sorted(set(said) - set(clear))]
         if never:
             self.fail("no_double_charge", f"{len(never)} card events never booked, "
                                           f"e.g. {never[:3]}")

@@ -48,7 +48,7 @@ from tallypurse.host.errors import NOT_FOUND, HostError
 from tallypurse.host.ledger import Kind
 from tallypurse.host.lists import ACTIONS, BLACKLIST
 from tallypurse.host.service import Host
-from tallypurse.host.settlement import SALES
+from tallypurse.host.settlement import sales_in
 from tallypurse.host.tms import TerminalStatus
 
 log = logging.getLogger("tallypurse.host.console")
@@ -404,7 +404,7 @@ def unsettled(host: Host, merchant_id: str) -> list[UnsettledDay]:
     """What the merchant is owed, by value day, that no settlement took yet."""
     payable = select(Account.id).where(Account.kind == Kind.MERCHANT_PAYABLE.value,
                                        Account.owner == merchant_id).scalar_subquery()
-    sales = func.sum(case((LedgerTransaction.kind.in_(SALES), 1), else_=0))
+    sales = func.sum(sales_in())
     with host.uow() as uow:
         rows = uow.session.execute(
             select(LedgerTransaction.value_day, sales, func.sum(Posting.amount))

@@ -1,14 +1,17 @@
 """Bulk statements for the hot paths (clearing and the ledger).
 
 Many rows per statement, in the caller's transaction, without the ORM and
-without compiling SQL per row: on PostgreSQL the rows travel as one array per
-column (``unnest``), so that a thousand rows are one statement and one round
-trip; on SQLite (in-process, no round trips) they go through ``executemany``.
+without compiling SQL per row: on PostgreSQL rows are inserted with ``COPY``
+(one round trip, no per-row statement work in the server) and looked up or
+updated as one array per column (``unnest``), so that a thousand rows are one
+statement and one round trip; on SQLite (in-process, no round trips) they go
+through ``executemany``.
 Rows are sequences of plain Python values in the order of ``columns``; a
 column is ``(name, PostgreSQL type)``.
 
-These functions run on the session's connection and do not flush the
-session: callers flush first when pending ORM changes matter.
+These functions run on the session's connection, in its transaction, through
+the driver's own cursor (no SQLAlchemy result objects per row), and do not
+flush the session: callers flush first when pending ORM changes matter.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 Column = tuple[str, str]
@@ -24,6 +28,45 @@ SQLITE_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound variables per statemen
 
 def is_postgres(s: Session) -> bool:
     return s.get_bind().dialect.name == "postgresql"
+
+
+class _Cursor:
+    """A driver cursor on the session's connection (its transaction begun) whose errors
+    are SQLAlchemy's (``IntegrityError``...), as if the statement had gone through it."""
+
+    def __init__(self, s: Session) -> None:
+        self.dialect = s.get_bind().dialect
+        self.cursor = s.connection().connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def _run(self, method: Any, sql: str, params: Any) -> None:
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            method(sql, params)
+        except error as exc:
+            raise DBAPIError.instance(sql, None, exc, error) from exc
+
+    def execute(self, sql: str, params: Any) -> None:
+        self._run(self.cursor.execute, sql, params)
+
+    def executemany(self, sql: str, params: Any) -> None:
+        self._run(self.cursor.executemany, sql, params)
+
+    def copy(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """PostgreSQL: ``COPY ... FROM STDIN`` with these rows."""
+        error = self.dialect.loaded_dbapi.Error
+        try:
+            with self.cursor.copy(sql) as copy:
+                for row in rows:
+                    copy.write_row(row)
+        except error as exc:
+            raise DBAPIError.instance(sql, None, exc, error) from exc
+
+    def fetchall(self) -> list[Any]:
+        return list(self.cursor.fetchall())
+
+
+def _cursor(s: Session) -> _Cursor:
+    return _Cursor(s)
 
 
 def _arrays(width: int, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], ...]:
@@ -42,18 +85,18 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     if not rows:
         return []
     names = ", ".join(c for c, _ in columns)
-    conn = s.connection()
+    cur = _cursor(s)
     if is_postgres(s):
-        sql = f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}"
-        if returning:
-            sql += f" RETURNING {returning}"
-        result = conn.exec_driver_sql(sql, _arrays(len(columns), rows))
-        return [tuple(r) for r in result] if returning else []
+        if not returning:
+            cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
+            return []
+        cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)} "
+                    f"RETURNING {returning}", _arrays(len(columns), rows))
+        return [tuple(r) for r in cur.fetchall()]
     if returning:
         raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
     marks = ", ".join("?" for _ in columns)
-    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})",
-                         [tuple(r) for r in rows])
+    cur.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
     return []
 
 
@@ -64,20 +107,20 @@ def update(s: Session, table: str, key: Column, columns: Sequence[tuple[str, str
     current value and ``{v}`` for the new one (``"{v}"`` sets it, ``"{t} + {v}"`` adds)."""
     if not rows:
         return
-    conn = s.connection()
+    cur = _cursor(s)
     if is_postgres(s):
         names = [key[0]] + [c for c, _, _ in columns]
         sets = ", ".join(f"{c} = " + e.format(t=f"{table}.{c}", v=f"v.{c}")
                          for c, _, e in columns)
         source = _unnest([key, *((c, t) for c, t, _ in columns)])
-        conn.exec_driver_sql(
+        cur.execute(
             f"UPDATE {table} SET {sets} FROM {source} AS v({', '.join(names)}) "
             f"WHERE {table}.{key[0]} = v.{key[0]}",
             _arrays(len(names), rows))
         return
     sets = ", ".join(f"{c} = " + e.format(t=c, v="?") for c, _, e in columns)
-    conn.exec_driver_sql(f"UPDATE {table} SET {sets} WHERE {key[0]} = ?",
-                         [(*r[1:], r[0]) for r in rows])
+    cur.executemany(f"UPDATE {table} SET {sets} WHERE {key[0]} = ?",
+                    [(*r[1:], r[0]) for r in rows])
 
 
 def _chunks(rows: Sequence[Sequence[Any]], width: int) -> Iterator[Sequence[Sequence[Any]]]:
@@ -93,13 +136,15 @@ def select_with(s: Session, columns: Sequence[Column], rows: Sequence[Sequence[A
     if not rows:
         return []
     names = ", ".join(c for c, _ in columns)
-    conn = s.connection()
+    cur = _cursor(s)
     if is_postgres(s):
         sql = f"WITH v({names}) AS (SELECT * FROM {_unnest(columns)}) {query}"
-        return [tuple(r) for r in conn.exec_driver_sql(sql, _arrays(len(columns), rows))]
+        cur.execute(sql, _arrays(len(columns), rows))
+        return [tuple(r) for r in cur.fetchall()]
     out: list[tuple[Any, ...]] = []
     one = "(" + ", ".join("?" for _ in columns) + ")"
     for part in _chunks(rows, len(columns)):
         sql = f"WITH v({names}) AS (VALUES {', '.join(one for _ in part)}) {query}"
-        out += [tuple(r) for r in conn.exec_driver_sql(sql, tuple(x for r in part for x in r))]
+        cur.execute(sql, [x for r in part for x in r])
+        out += cur.fetchall()
     return out

@@ -296,6 +296,9 @@ class CardEventRow(Base):
     time: Mapped[int] = Time()
     record: Mapped[str] = mapped_column(Text)
     cleared_at: Mapped[int] = Time()
+    # The ledger transaction that booked the event (a batch's debits share one per value
+    # day); None for an event that moved no money.
+    transaction_id: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
     __table_args__ = (UniqueConstraint("card_id", "seqno"),)
 
 
