@@ -45,12 +45,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from tallypurse.core import hostapi as api
 from tallypurse.core.errors import BadInput, CryptoError, TallypurseError
 from tallypurse.host import errors as E
+from tallypurse.host.agent import TerminalChanged
 from tallypurse.host.db.migrate import current_revision, head_revision
 from tallypurse.host.errors import HostError
 from tallypurse.host.service import Host
 
 from . import schemas as S
-from .auth import Principal, Role, authenticate_terminal, create_token, principal
+from .auth import (
+    Principal,
+    Role,
+    TerminalKeys,
+    authenticate_terminal,
+    create_token,
+    principal,
+    verify_terminal,
+)
 
 log = logging.getLogger("tallypurse.host.api")
 PROBLEM = "application/problem+json"
@@ -260,9 +269,30 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         elif isinstance(result, api.OnlineAuthoriseResponse):
             metrics.online.labels(str(result.approved).lower()).inc()
 
+    terminal_keys = TerminalKeys(host)
+
+    def agent_debit(method: str, url: str, headers: dict[str, str], body: bytes) -> BaseModel:
+        """The hot path: the signature checked with the terminal's cached key, then one
+        transaction records the nonce and takes the debit (and re-reads the terminal)."""
+        signed = verify_terminal(host, terminal_keys, method, url, headers, body)
+        request = parse(api.AgentDebitRequest, body)
+        try:
+            return host.agent.submit(signed.terminal_id, request, signed=signed)
+        except TerminalChanged:
+            terminal_keys.forget(signed.terminal_id)
+        signed = verify_terminal(host, terminal_keys, method, url, headers, body, fresh=True)
+        try:
+            return host.agent.submit(signed.terminal_id, request, signed=signed)
+        except TerminalChanged:
+            raise HostError(E.SIGNATURE_INVALID, "the terminal changed while signing") from None
+
     def terminal_endpoint(name: str, model: type[BaseModel] | None,
                           handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         def work(method: str, url: str, headers: dict[str, str], body: bytes) -> BaseModel:
+            if name == "agent_debit":
+                result = agent_debit(method, url, headers, body)
+                count(name, result)
+                return result
             if name == "enrol":
                 enrol = parse(api.EnrolRequest, body)
                 tid = authenticate_terminal(host, method, url, headers, body, csr_hex=enrol.csr,

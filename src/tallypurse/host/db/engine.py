@@ -13,7 +13,7 @@ to, and anything not committed is rolled back when the block ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
@@ -28,6 +28,7 @@ from tallypurse.core.errors import BadInput
 
 SQLITE_FILE = "host.sqlite3"
 READ_ONLY = "tallypurse_read_only"  # execution option: a transaction that only reads
+AFTER_COMMIT = "tallypurse_after_commit"  # Session.info: work to run once the commit is done
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -117,6 +118,12 @@ class Database:
         self.engine.dispose()
 
 
+def after_commit(session: Session, key: str, work: Callable[[], None]) -> None:
+    """Run ``work`` once this session's unit of work has committed (once per ``key``;
+    never if it rolls back). It runs outside the transaction, in the committing thread."""
+    session.info.setdefault(AFTER_COMMIT, {})[key] = work
+
+
 class UnitOfWork:
     """One transaction. ``commit()`` makes it durable; leaving the block without
     committing (or with an exception) rolls it back."""
@@ -128,6 +135,7 @@ class UnitOfWork:
 
     def __enter__(self) -> UnitOfWork:
         self.session = self.db.sessions()
+        self.session.info.pop(AFTER_COMMIT, None)
         self.session.begin()
         return self
 
@@ -145,6 +153,9 @@ class UnitOfWork:
 
     def commit(self) -> None:
         self.session.commit()
+        pending: dict[str, Callable[[], None]] = self.session.info.pop(AFTER_COMMIT, None) or {}
+        for work in pending.values():
+            work()
 
     def lock(self, stmt: Any) -> Any:
         """``stmt`` with FOR UPDATE on PostgreSQL (SQLite transactions are already exclusive)."""
