@@ -117,7 +117,8 @@ RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
 
 def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
     """Record a request's nonce in the caller's transaction; REPLAY if it was seen before."""
-    result: Any = s.execute(RECORD_NONCE, {"key_id": key_id, "nonce": nonce, "created": now})
+    result: Any = s.connection().execute(RECORD_NONCE, {"key_id": key_id, "nonce": nonce,
+                                                        "created": now})
     if result.rowcount != 1:
         raise HostError(REPLAY, "this request was seen before (nonce reused)")
 
@@ -171,8 +172,9 @@ class AgentDebits:
         now = self.host.now()
         with self.host.uow() as uow:
             s = uow.session
-            row = s.execute(DEBIT_READ, {"terminal_id": terminal_id, "card_id": req.card_id,
-                                         "key": req.idempotency_key, "atc": req.atc}).first()
+            row = s.connection().execute(DEBIT_READ, {
+                "terminal_id": terminal_id, "card_id": req.card_id,
+                "key": req.idempotency_key, "atc": req.atc}).first()
             if row is None:
                 if signed is not None:
                     raise TerminalChanged(terminal_id)
@@ -238,12 +240,13 @@ class AgentDebits:
         written) when the online account is short."""
         assert card.cardholder_id is not None
         lock = " FOR UPDATE" if self.host.db.postgres else ""
-        balance = s.execute(text(f"SELECT balance FROM accounts WHERE id = :id{lock}"),
-                            {"id": row.online_id}).scalar_one()
+        conn = s.connection()  # plain statements: nothing of the ORM is pending here
+        balance = conn.execute(text(f"SELECT balance FROM accounts WHERE id = :id{lock}"),
+                               {"id": row.online_id}).scalar_one()
         if -int(balance) < req.amount:
             return None
         debt_id = new_id("debt")
-        s.execute(insert(table(Debt)), {
+        conn.execute(insert(table(Debt)), {
             "id": debt_id, "card_id": card.card_id, "atc": event.atc, "amount": event.split,
             "currency": card.currency, "terminal_id": terminal_id, "merchant_id": merchant_id,
             "cardholder_id": card.cardholder_id, "tx_type": event.tx_type,
@@ -262,14 +265,14 @@ class AgentDebits:
                   value_time=now, card_id=card.card_id),
         ], known={receivable: int(row.receivable_id), payable: int(row.payable_id),
                   online: int(row.online_id)})
-        s.execute(insert(table(CreditEvent)), {
+        conn.execute(insert(table(CreditEvent)), {
             "cardholder_id": card.cardholder_id, "card_id": card.card_id,
             "kind": "debt_settled_online", "amount": event.split, "reference": debt_id,
             "created": now})
         self.host.credit.note_event(s, card.cardholder_id, "debt_settled_online")
         self.host.writebacks.publish(s, card, "settle_debt",
                                      DebtOutcome(event.atc, event.split).to_bytes(),
-                                     debt_id=debt_id)
+                                     debt_id=debt_id, hot=True)
         return debt_id
 
     def _check(self, card: CardFacts, terminal_id: str, req: AgentDebitRequest) -> CardEvent:

@@ -25,6 +25,8 @@ blacklist, the actions currently open.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
@@ -44,27 +46,41 @@ ListName = Literal["blacklist", "actions"]
 BLACKLIST: ListName = "blacklist"
 ACTIONS: ListName = "actions"
 NAMES: tuple[ListName, ...] = (ACTIONS, BLACKLIST)  # the order heads are locked in
+PUBLISH_EVERY_S = 0.05  # a hot writer (agent debits) publishes at most this often per process
 
 
 class Lists:
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._last_publish = 0.0
+        self._lock = threading.Lock()
 
     # --- writing -------------------------------------------------------------------------------
-    def append(self, session: Session, name: ListName, entries: list[dict[str, object]]) -> None:
+    def append(self, session: Session, name: ListName, entries: list[dict[str, object]], *,
+               hot: bool = False) -> None:
         """Add changes to a list, unnumbered, in the caller's transaction; they are numbered
-        once it commits (see :meth:`publish`)."""
+        once it commits (see :meth:`publish`). ``hot``: a writer on the hot path, which
+        publishes after commit only if this process has not done so within
+        ``PUBLISH_EVERY_S`` (what it leaves is numbered by the next publish: another
+        writer's, or the next read's)."""
         if not entries:
             return
         now = self.host.now()
         rows = [{"list_name": name, "version": None, "created": now, "reason": "", **e}
                 for e in entries]
-        session.execute(insert(table(ListEntry)), rows)
-        after_commit(session, "lists.publish", self._publish_after_commit)
+        session.connection().execute(insert(table(ListEntry)), rows)
+        after_commit(session, f"lists.publish.{name}{'.hot' if hot else ''}",
+                     (lambda: self._publish_after_commit(name, hot)))
 
-    def _publish_after_commit(self) -> None:
+    def _publish_after_commit(self, name: ListName, hot: bool) -> None:
+        if hot:
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_publish < PUBLISH_EVERY_S:
+                    return
+                self._last_publish = now
         try:
-            self.publish(wait=False)
+            self.publish([name], wait=False)
         except Exception:  # the entries are committed; the next publish numbers them
             log.exception('{"event": "list_publish_failed"}')
 
@@ -75,12 +91,14 @@ class Lists:
         publisher, or the next one, numbers what is left. Readers wait, so that they see
         everything committed before they asked."""
         wanted = [n for n in NAMES if n in set(names)]
-        with self.host.db.reader() as s:  # most calls find nothing to do: no write, no lock
-            found = set(s.scalars(select(ListEntry.list_name).distinct().where(
-                ListEntry.list_name.in_(wanted), ListEntry.version.is_(None))))
-        waiting = [n for n in wanted if n in found]
-        if not waiting:
-            return {}
+        waiting = wanted
+        if wait:  # a reader: most find nothing to do, and need no write, no lock
+            with self.host.db.reader() as s:
+                found = set(s.scalars(select(ListEntry.list_name).distinct().where(
+                    ListEntry.list_name.in_(wanted), ListEntry.version.is_(None))))
+            waiting = [n for n in wanted if n in found]
+            if not waiting:
+                return {}
         moved: dict[str, int] = {}
         with self.host.uow() as uow:
             s = uow.session

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -41,6 +41,10 @@ KINDS: dict[str, Action] = {
     "block": Action.BLOCK,
     "unblock": Action.UNBLOCK,
 }
+
+
+NEXT_SEQ = text("UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = :card_id "
+                "RETURNING writeback_seq")
 
 
 class CardKeys(Protocol):
@@ -74,28 +78,27 @@ class WriteBacks:
         return key
 
     def _next_seq(self, session: Session, card: CardKeys) -> int:
-        seq = int(session.execute(
-            update(Card).where(Card.card_id == card.card_id)
-            .values(writeback_seq=Card.writeback_seq + 1).returning(Card.writeback_seq)
-        ).scalar_one())
+        seq = int(session.connection().execute(NEXT_SEQ, {"card_id": card.card_id}).scalar_one())
         if isinstance(card, Card):  # the row in the session: the value the database holds
             set_committed_value(card, "writeback_seq", seq)
         return seq
 
     def publish(self, session: Session, card: CardKeys, kind: str, payload: bytes, *,
-                debt_id: str | None = None) -> Published:
+                debt_id: str | None = None, hot: bool = False) -> Published:
         """Seal an action for ``card`` and put it on the action list (three statements:
-        the card's sequence number, the action, its list entry)."""
+        the card's sequence number, the action, its list entry). ``hot``: see
+        :meth:`Lists.append`."""
+        session.flush()  # what the caller changed through the ORM goes first
         seq = self._next_seq(session, card)
         sealed = seal_writeback(self._key(card), WriteBackHeader(bytes.fromhex(card.card_id), seq,
                                                                  int(KINDS[kind])), payload)
         done = Published(f"wb-{card.card_id}-{seq}", card.card_id, kind, seq, sealed.hex())
-        session.execute(insert(table(ActionRow)), {
+        session.connection().execute(insert(table(ActionRow)), {
             "action_id": done.action_id, "card_id": card.card_id, "kind": kind, "seq": seq,
             "payload": payload.hex(), "sealed": done.sealed, "status": "pending",
             "debt_id": debt_id, "created": self.host.now(), "applied_at": None,
             "receipt": None})
-        self.host.lists.append(session, ACTIONS, [self._entry(done, "add")])
+        self.host.lists.append(session, ACTIONS, [self._entry(done, "add")], hot=hot)
         log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
         return done
 
