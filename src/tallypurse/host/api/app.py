@@ -41,6 +41,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tallypurse.core import hostapi as api
 from tallypurse.core.errors import BadInput, CryptoError, TallypurseError
@@ -188,16 +189,31 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         return JSONResponse(body.model_dump(), status_code=422, media_type=PROBLEM)
 
     # --- metrics middleware ---------------------------------------------------------------------
-    @app.middleware("http")
-    async def _measure(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    # A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per
+    # request): counts each answer by route and status, and its latency.
+    def measure(inner: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await inner(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await inner(scope, receive, sending)
+            finally:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+                metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+        return middleware
+
+    app.add_middleware(measure)
 
     # --- health ----------------------------------------------------------------------------------
     @app.get("/health", tags=["health"])
