@@ -22,9 +22,9 @@ debit, or clearing when the split debit's batch arrives before it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.errors import BadInput, DecodeError
@@ -32,7 +32,7 @@ from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
 from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
 from tallypurse.core.protocol import EventKind, TxType
 from tallypurse.host.bank import BankAnswer, BankUnavailable, DirectDebit, Outcome
-from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt
+from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt, table
 from tallypurse.host.errors import (
     CONFLICT,
     CURRENCY_MISMATCH,
@@ -40,7 +40,10 @@ from tallypurse.host.errors import (
     NOT_FOUND,
     RECORD_INVALID,
     RECORD_MISMATCH,
+    REPLAY,
     TERMINAL_MISMATCH,
+    UNKNOWN_CARD,
+    UNKNOWN_TERMINAL,
     HostError,
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
@@ -53,7 +56,74 @@ if TYPE_CHECKING:
 OPEN_STATES = ("open", "bank_pending", "collection")
 
 
-def verify_record(card: Card, raw: bytes) -> SignedEvent:
+class CardFacts(Protocol):
+    """What checking a card's record needs (a ``Card`` row has it)."""
+
+    @property
+    def card_id(self) -> str: ...
+
+    @property
+    def currency(self) -> str: ...
+
+    @property
+    def public_key(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SignedBy:
+    """A terminal's request whose RFC 9421 signature verified with ``key``; its nonce is
+    recorded in the agent debit's own transaction (a replay then changes nothing)."""
+
+    terminal_id: str
+    key: bytes
+    nonce: str
+
+
+class TerminalChanged(Exception):
+    """The terminal's key, status or certificate is not what the signature was checked
+    against (a cached key went stale): check the request again with a fresh key."""
+
+
+@dataclass(frozen=True, slots=True)
+class CardRow:
+    card_id: str
+    cardholder_id: str | None
+    currency: str
+    public_key: str
+    app_key_version: int
+
+
+# Everything an agent debit reads, in one statement: the terminal, the card, an earlier
+# debt with this idempotency key or for this (card, ATC), and the ledger accounts it posts to.
+DEBIT_READ = text("""
+SELECT t.merchant_id, t.status, t.public_key, t.cert_not_after,
+       c.card_id, c.cardholder_id, c.currency, c.public_key AS card_key, c.app_key_version,
+       k.id AS prior_id, k.payload_hash AS prior_hash,
+       d.id AS same_id,
+       r.id AS receivable_id, m.id AS payable_id, o.id AS online_id
+FROM terminals t
+LEFT JOIN cards c ON c.card_id = :card_id
+LEFT JOIN debts k ON k.terminal_id = t.terminal_id AND k.idempotency_key = :key
+LEFT JOIN debts d ON d.card_id = :card_id AND d.atc = :atc
+LEFT JOIN accounts r ON r.kind = 'credit_receivable' AND r.owner = '' AND r.currency = c.currency
+LEFT JOIN accounts m ON m.kind = 'merchant_payable' AND m.owner = t.merchant_id
+                    AND m.currency = c.currency
+LEFT JOIN accounts o ON o.kind = 'online' AND o.owner = c.cardholder_id AND o.currency = c.currency
+WHERE t.terminal_id = :terminal_id
+""")
+RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
+                    "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
+
+
+def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
+    """Record a request's nonce in the caller's transaction; REPLAY if it was seen before."""
+    result: Any = s.connection().execute(RECORD_NONCE, {"key_id": key_id, "nonce": nonce,
+                                                        "created": now})
+    if result.rowcount != 1:
+        raise HostError(REPLAY, "this request was seen before (nonce reused)")
+
+
+def verify_record(card: CardFacts, raw: bytes) -> SignedEvent:
     """Parse a card-signed event and check its TAC with the card's certified key."""
     try:
         signed = SignedEvent.parse(raw)
@@ -82,33 +152,67 @@ class AgentDebits:
         self.host = host
 
     # --- the terminal's request -------------------------------------------------------------------
-    def submit(self, terminal_id: str, req: AgentDebitRequest) -> AgentDebitAck:
+    def submit(self, terminal_id: str, req: AgentDebitRequest, *,
+               signed: SignedBy | None = None) -> AgentDebitAck:
+        """Take an agent debit (once per terminal and idempotency key). ``signed``: the
+        request's verified signature, whose nonce is recorded in the debit's transaction."""
         if req.terminal_id != terminal_id:
             raise HostError(TERMINAL_MISMATCH, "the agent debit names another terminal")
         digest = payload_hash(req)
-        ack, pending = retrying(lambda: self._submit(terminal_id, req, digest))
+        ack, pending = retrying(lambda: self._submit(terminal_id, req, digest, signed))
         for instruction in pending:
             self.process_instruction(instruction)
         return ack
 
-    def _submit(self, terminal_id: str, req: AgentDebitRequest,
-                digest: str) -> tuple[AgentDebitAck, list[str]]:
+    def _submit(self, terminal_id: str, req: AgentDebitRequest, digest: str,
+                signed: SignedBy | None) -> tuple[AgentDebitAck, list[str]]:
+        """One transaction: one statement reads everything, then (the common case: an
+        online account that holds enough) the debt, the two ledger transactions, the
+        credit event and the write-back are written with a statement each."""
+        now = self.host.now()
         with self.host.uow() as uow:
             s = uow.session
-            prior = s.scalar(select(Debt).where(Debt.terminal_id == terminal_id,
-                                                Debt.idempotency_key == req.idempotency_key))
-            if prior is not None:
-                if prior.payload_hash != digest:
+            row = s.connection().execute(DEBIT_READ, {
+                "terminal_id": terminal_id, "card_id": req.card_id,
+                "key": req.idempotency_key, "atc": req.atc}).first()
+            if row is None:
+                if signed is not None:
+                    raise TerminalChanged(terminal_id)
+                raise HostError(UNKNOWN_TERMINAL, f"unknown terminal {terminal_id}")
+            if signed is not None:
+                if (row.status != "active" or row.public_key is None
+                        or bytes.fromhex(row.public_key) != signed.key
+                        or (row.cert_not_after is not None and row.cert_not_after < now)):
+                    raise TerminalChanged(terminal_id)
+                record_nonce(s, terminal_id, signed.nonce, now)
+            if row.prior_id is not None:
+                if row.prior_hash != digest:
                     raise HostError(IDEMPOTENCY_CONFLICT,
                                     "this idempotency key was used for another agent debit")
+                uow.commit()  # the nonce
                 return AgentDebitAck(idempotency_key=req.idempotency_key, status="duplicate",
-                                     debt_id=prior.id), []
-            card = self.host.registry.card(s, req.card_id)
+                                     debt_id=row.prior_id), []
+            if row.card_id is None:
+                raise HostError(UNKNOWN_CARD, f"unknown card {req.card_id}")
+            card = CardRow(row.card_id, row.cardholder_id, row.currency, row.card_key,
+                           row.app_key_version)
             event = self._check(card, terminal_id, req)
-            merchant_id = self.host.tms.merchant_of(s, terminal_id)
-            same = s.scalar(select(Debt).where(Debt.card_id == card.card_id,
-                                               Debt.atc == req.atc))
-            if same is not None:
+            merchant_id: str = row.merchant_id
+            if row.same_id is None and None not in (row.receivable_id, row.payable_id,
+                                                    row.online_id):
+                debt_id = self._settle_at_once(s, card, event, terminal_id, merchant_id,
+                                               req, digest, row, now)
+                if debt_id is not None:
+                    uow.commit()
+                    log_event("agent_debit", terminal=terminal_id, card=req.card_id,
+                              atc=req.atc, amount=req.amount, debt=debt_id, status="settled")
+                    return AgentDebitAck(idempotency_key=req.idempotency_key,
+                                         status="accepted", debt_id=debt_id), []
+            # Everything else (a debt already known, no online funds: the bank, collection)
+            card_row = self.host.registry.card(s, req.card_id)
+            if row.same_id is not None:
+                same = s.get(Debt, row.same_id)
+                assert same is not None
                 # Clearing (or another key) reported this split first: no second effect.
                 if same.amount != req.amount:
                     raise HostError(CONFLICT, "a debt for this card and ATC has another amount")
@@ -119,16 +223,59 @@ class AgentDebits:
                 uow.commit()
                 return AgentDebitAck(idempotency_key=req.idempotency_key, status=status,
                                      debt_id=same.id), []
-            debt = self._open(s, card, event, terminal_id, merchant_id, origin="agent",
+            debt = self._open(s, card_row, event, terminal_id, merchant_id, origin="agent",
                               key=req.idempotency_key, digest=digest)
-            pending = self._collect(s, card, debt)
+            pending = self._collect(s, card_row, debt)
             uow.commit()
         log_event("agent_debit", terminal=terminal_id, card=req.card_id, atc=req.atc,
                   amount=req.amount, debt=debt.id, status=debt.status)
         return AgentDebitAck(idempotency_key=req.idempotency_key, status="accepted",
                              debt_id=debt.id), pending
 
-    def _check(self, card: Card, terminal_id: str, req: AgentDebitRequest) -> CardEvent:
+    def _settle_at_once(self, s: Session, card: CardRow, event: CardEvent, terminal_id: str,
+                        merchant_id: str, req: AgentDebitRequest, digest: str, row: Any,
+                        now: int) -> str | None:
+        """The common case, with plain statements: the online account holds the amount,
+        so the debt is opened (merchant paid) and collected at once. None (nothing
+        written) when the online account is short."""
+        assert card.cardholder_id is not None
+        lock = " FOR UPDATE" if self.host.db.postgres else ""
+        conn = s.connection()  # plain statements: nothing of the ORM is pending here
+        balance = conn.execute(text(f"SELECT balance FROM accounts WHERE id = :id{lock}"),
+                               {"id": row.online_id}).scalar_one()
+        if -int(balance) < req.amount:
+            return None
+        debt_id = new_id("debt")
+        conn.execute(insert(table(Debt)), {
+            "id": debt_id, "card_id": card.card_id, "atc": event.atc, "amount": event.split,
+            "currency": card.currency, "terminal_id": terminal_id, "merchant_id": merchant_id,
+            "cardholder_id": card.cardholder_id, "tx_type": event.tx_type,
+            "idempotency_key": req.idempotency_key, "payload_hash": digest, "status": "settled",
+            "origin": "agent", "event_time": event.time, "created": now, "updated": now,
+            "collection_since": None, "repaid": 0})
+        receivable = Acct.system(Kind.CREDIT_RECEIVABLE, card.currency)
+        payable = Acct(Kind.MERCHANT_PAYABLE, merchant_id, card.currency)
+        online = Acct(Kind.ONLINE, card.cardholder_id, card.currency)
+        Ledger(s, now).post_many([
+            Entry("debt_open", debt_id, [(receivable, event.split), (payable, -event.split)],
+                  value_time=event.time, merchant_id=merchant_id, card_id=card.card_id,
+                  memo=f"split remainder of ATC {event.atc}"),
+            Entry("debt_collect_online", debt_id, [(online, event.split),
+                                                   (receivable, -event.split)],
+                  value_time=now, card_id=card.card_id),
+        ], known={receivable: int(row.receivable_id), payable: int(row.payable_id),
+                  online: int(row.online_id)})
+        conn.execute(insert(table(CreditEvent)), {
+            "cardholder_id": card.cardholder_id, "card_id": card.card_id,
+            "kind": "debt_settled_online", "amount": event.split, "reference": debt_id,
+            "created": now})
+        self.host.credit.note_event(s, card.cardholder_id, "debt_settled_online")
+        self.host.writebacks.publish(s, card, "settle_debt",
+                                     DebtOutcome(event.atc, event.split).to_bytes(),
+                                     debt_id=debt_id, hot=True)
+        return debt_id
+
+    def _check(self, card: CardFacts, terminal_id: str, req: AgentDebitRequest) -> CardEvent:
         if card.currency != req.currency:
             raise HostError(CURRENCY_MISMATCH, f"the card's currency is {card.currency}")
         if req.amount <= 0:

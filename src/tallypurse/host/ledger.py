@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
@@ -227,16 +227,20 @@ class Ledger:
         """Book one balanced transaction; returns its id."""
         return self.post_many([entry])[0]
 
-    def post_many(self, entries: Sequence[Entry]) -> list[int]:
+    def post_many(self, entries: Sequence[Entry], *,
+                  known: Mapping[Acct, int] | None = None) -> list[int]:
         """Book several balanced transactions with a few statements in all (whatever
-        their number: rows go in bulk, see :mod:`tallypurse.host.db.bulk`)."""
+        their number: rows go in bulk, see :mod:`tallypurse.host.db.bulk`). ``known``:
+        account ids the caller has already read (the others are looked up)."""
         checked = [(e, check_balanced(e)) for e in entries]
         if not checked:
             return []
         if len({(e.kind, e.reference) for e, _ in checked}) != len(checked):
             raise LedgerError("the same transaction appears twice in one posting")
         s = self.session
-        ids = self.account_ids(acct for _, legs in checked for acct, _ in legs)
+        accts = {acct for _, legs in checked for acct, _ in legs}
+        ids = {a: i for a, i in (known or {}).items() if a in accts}
+        ids.update(self.account_ids(accts - ids.keys()))
         s.flush()
         postgres = bulk.is_postgres(s)
         days: dict[int, Any] = {}

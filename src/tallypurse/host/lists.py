@@ -1,11 +1,22 @@
 """Blacklist and action list: versioned changes, signed deltas and snapshots.
 
-Each list has a head version in ``list_heads``; every change is a row in
-``list_entries`` that carries the list's version after it. Appending updates
-the head row (``UPDATE ... RETURNING``) in the writer's transaction, whose
-row lock is held until commit: concurrent writers get consecutive versions
-and commit in version order, and the head a reader sees never runs ahead of
-the entries it can see. Any number of host processes can append at once.
+Every change is a row in ``list_entries``; each list has a head version in
+``list_heads``. A writer inserts its entries *unnumbered* (``version`` NULL) in
+its own transaction and touches no shared row, so writers never wait for each
+other's commits. The publisher (:meth:`Lists.publish`) numbers entries after
+they commit, many at a time, in a short transaction of its own: it locks the
+head row, gives every committed entry still unnumbered the next versions (in
+the order they were written), and moves the head. It runs right after any
+transaction that appended commits (skipping if another publisher holds the
+head: that one, or the next, numbers the rest) and before every read that
+answers a terminal (waiting for the head).
+
+Why a terminal can trust "since N": the head and the entries numbered up to it
+commit together, versions are only given above the head under its lock, and
+only to entries already committed; so once a reader has seen head N, every
+entry with a version <= N is visible to it and no entry will ever get a version
+<= N later. An entry not yet numbered is not on the list yet; the next publish
+puts it there. Any number of host processes can write, publish and read at once.
 
 A terminal that is more than ``list_delta_max`` versions behind (or claims a
 version from the future) gets a full snapshot: the cards currently on the
@@ -14,14 +25,19 @@ blacklist, the actions currently open.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.hostapi import ActionEntry, BlacklistEntry, SignedList
+from tallypurse.host.db.engine import after_commit
 from tallypurse.host.db.models import Card, ListEntry, ListHead, table
+
+from .common import log
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -29,29 +45,96 @@ if TYPE_CHECKING:
 ListName = Literal["blacklist", "actions"]
 BLACKLIST: ListName = "blacklist"
 ACTIONS: ListName = "actions"
+NAMES: tuple[ListName, ...] = (ACTIONS, BLACKLIST)  # the order heads are locked in
+PUBLISH_EVERY_S = 0.05  # a hot writer (agent debits) publishes at most this often per process
 
 
 class Lists:
     def __init__(self, host: Host) -> None:
         self.host = host
+        self._last_publish = 0.0
+        self._lock = threading.Lock()
 
     # --- writing -------------------------------------------------------------------------------
-    def append(self, session: Session, name: ListName, entries: list[dict[str, object]]) -> int:
-        """Add changes to a list; returns the new head version."""
+    def append(self, session: Session, name: ListName, entries: list[dict[str, object]], *,
+               hot: bool = False) -> None:
+        """Add changes to a list, unnumbered, in the caller's transaction; they are numbered
+        once it commits (see :meth:`publish`). ``hot``: a writer on the hot path, which
+        publishes after commit only if this process has not done so within
+        ``PUBLISH_EVERY_S`` (what it leaves is numbered by the next publish: another
+        writer's, or the next read's)."""
         if not entries:
-            return self.head(session, name)
-        session.flush()  # the head stays locked until commit: write the rest first
-        head = session.execute(
-            text("UPDATE list_heads SET version = version + :n WHERE name = :name "
-                 "RETURNING version"),
-            {"n": len(entries), "name": name},
-        ).scalar_one()
-        first = head - len(entries) + 1
+            return
         now = self.host.now()
-        rows = [{"list_name": name, "version": first + i, "created": now, "reason": "", **e}
-                for i, e in enumerate(entries)]
-        session.execute(insert(table(ListEntry)), rows)
-        return int(head)
+        rows = [{"list_name": name, "version": None, "created": now, "reason": "", **e}
+                for e in entries]
+        session.connection().execute(insert(table(ListEntry)), rows)
+        after_commit(session, f"lists.publish.{name}{'.hot' if hot else ''}",
+                     (lambda: self._publish_after_commit(name, hot)))
+
+    def _publish_after_commit(self, name: ListName, hot: bool) -> None:
+        if hot:
+            with self._lock:
+                now = time.monotonic()
+                if now - self._last_publish < PUBLISH_EVERY_S:
+                    return
+                self._last_publish = now
+        try:
+            self.publish([name], wait=False)
+        except Exception:  # the entries are committed; the next publish numbers them
+            log.exception('{"event": "list_publish_failed"}')
+
+    def publish(self, names: Iterable[ListName] = NAMES, *, wait: bool = True) -> dict[str, int]:
+        """Number the committed entries still unnumbered; returns the heads it moved.
+
+        ``wait=False`` skips a list whose head another publisher holds (PostgreSQL): that
+        publisher, or the next one, numbers what is left. Readers wait, so that they see
+        everything committed before they asked."""
+        wanted = [n for n in NAMES if n in set(names)]
+        waiting = wanted
+        if wait:  # a reader: most find nothing to do, and need no write, no lock
+            with self.host.db.reader() as s:
+                found = set(s.scalars(select(ListEntry.list_name).distinct().where(
+                    ListEntry.list_name.in_(wanted), ListEntry.version.is_(None))))
+            waiting = [n for n in wanted if n in found]
+            if not waiting:
+                return {}
+        moved: dict[str, int] = {}
+        with self.host.uow() as uow:
+            s = uow.session
+            stmt = (select(ListHead.name, ListHead.version)
+                    .where(ListHead.name.in_(waiting)).order_by(ListHead.name))
+            if self.host.db.postgres:  # SQLite: BEGIN IMMEDIATE already holds the database
+                stmt = stmt.with_for_update(skip_locked=not wait)
+            heads = {str(n): int(v) for n, v in s.execute(stmt)}
+            for name in wanted:
+                if name not in heads:
+                    continue
+                # A statement of its own (a fresh snapshot on PostgreSQL, taken now that the
+                # head is ours): every publisher before us has committed and is visible.
+                count = self._number(s, name, heads[name])
+                if count:
+                    moved[name] = heads[name] + count
+                    s.execute(text("UPDATE list_heads SET version = :v WHERE name = :n"),
+                              {"v": moved[name], "n": name})
+            uow.commit()
+        return moved
+
+    def _number(self, s: Session, name: ListName, head: int) -> int:
+        if self.host.db.postgres:
+            result = s.execute(text(
+                "UPDATE list_entries e SET version = n.v FROM ("
+                "SELECT id, :head + row_number() OVER (ORDER BY id) AS v FROM list_entries "
+                "WHERE list_name = :name AND version IS NULL) n WHERE e.id = n.id"),
+                {"head": head, "name": name})
+            return int(result.rowcount)  # type: ignore[attr-defined]
+        ids = s.scalars(select(ListEntry.id).where(ListEntry.list_name == name,
+                                                   ListEntry.version.is_(None))
+                        .order_by(ListEntry.id)).all()
+        if ids:
+            s.execute(text("UPDATE list_entries SET version = :v WHERE id = :i"),
+                      [{"v": head + i, "i": entry_id} for i, entry_id in enumerate(ids, 1)])
+        return len(ids)
 
     def blacklist(self, session: Session, card: Card, reason: str) -> bool:
         """Put a card on the blacklist (once); True if it was not on it."""
@@ -72,6 +155,8 @@ class Lists:
 
     # --- reading -------------------------------------------------------------------------------
     def head(self, session: Session, name: ListName) -> int:
+        """The list's published version (call :meth:`publish` first to include what has
+        just committed)."""
         return int(session.scalar(select(ListHead.version).where(ListHead.name == name)) or 0)
 
     def signed(self, session: Session, name: ListName, since: int) -> SignedList | None:

@@ -238,6 +238,7 @@ class Tms:
 
     # --- sync -------------------------------------------------------------------------------------
     def sync(self, terminal_id: str, body: SyncRequest) -> SyncResponse:
+        self.host.lists.publish()  # number what has committed, so the answer holds it
         with self.host.uow() as uow:
             s = uow.session
             params = self.parameters(s)
@@ -266,6 +267,7 @@ class Tms:
     def terminals(self, merchant_id: str | None = None) -> list[TerminalStatus]:
         now = self.host.now()
         limit = self.host.settings.stale_terminal_after_s
+        self.host.lists.publish()
         with self.host.uow() as uow:
             s = uow.session
             heads = {n: self.host.lists.head(s, n) for n in (BLACKLIST, ACTIONS)}

@@ -11,17 +11,19 @@ again with a fresh number.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import DecodeError
 from tallypurse.core.hostapi import WriteBackReport
 from tallypurse.core.messages import WriteBackHeader, WriteBackReceipt, receipt_mac, seal_writeback
 from tallypurse.core.protocol import WriteBackAction as Action
-from tallypurse.host.db.models import Card
+from tallypurse.host.db.models import Card, table
 from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.errors import NOT_FOUND, RECORD_INVALID, RECORD_MISMATCH, HostError
 from tallypurse.host.lists import ACTIONS
@@ -41,39 +43,67 @@ KINDS: dict[str, Action] = {
 }
 
 
+NEXT_SEQ = text("UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = :card_id "
+                "RETURNING writeback_seq")
+
+
+class CardKeys(Protocol):
+    """What sealing needs of a card: its id and APP key version (a ``Card`` row has both)."""
+
+    @property
+    def card_id(self) -> str: ...
+
+    @property
+    def app_key_version(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """An action as it was written (the row is ``writeback_actions`` ``action_id``)."""
+
+    action_id: str
+    card_id: str
+    kind: str
+    seq: int
+    sealed: str
+
+
 class WriteBacks:
     def __init__(self, host: Host) -> None:
         self.host = host
 
-    def _key(self, card: Card) -> bytes:
+    def _key(self, card: CardKeys) -> bytes:
         _, key = app_key(self.host.keys, bytes.fromhex(card.card_id),
                          version=card.app_key_version)
         return key
 
-    def _next_seq(self, session: Session, card: Card) -> int:
-        seq = session.execute(
-            update(Card).where(Card.card_id == card.card_id)
-            .values(writeback_seq=Card.writeback_seq + 1).returning(Card.writeback_seq)
-        ).scalar_one()
-        card.writeback_seq = seq
-        return int(seq)
+    def _next_seq(self, session: Session, card: CardKeys) -> int:
+        seq = int(session.connection().execute(NEXT_SEQ, {"card_id": card.card_id}).scalar_one())
+        if isinstance(card, Card):  # the row in the session: the value the database holds
+            set_committed_value(card, "writeback_seq", seq)
+        return seq
 
-    def publish(self, session: Session, card: Card, kind: str, payload: bytes, *,
-                debt_id: str | None = None) -> ActionRow:
-        """Seal an action for ``card`` and put it on the action list."""
+    def publish(self, session: Session, card: CardKeys, kind: str, payload: bytes, *,
+                debt_id: str | None = None, hot: bool = False) -> Published:
+        """Seal an action for ``card`` and put it on the action list (three statements:
+        the card's sequence number, the action, its list entry). ``hot``: see
+        :meth:`Lists.append`."""
+        session.flush()  # what the caller changed through the ORM goes first
         seq = self._next_seq(session, card)
         sealed = seal_writeback(self._key(card), WriteBackHeader(bytes.fromhex(card.card_id), seq,
                                                                  int(KINDS[kind])), payload)
-        row = ActionRow(action_id=f"wb-{card.card_id}-{seq}", card_id=card.card_id, kind=kind,
-                        seq=seq, payload=payload.hex(), sealed=sealed.hex(), status="pending",
-                        debt_id=debt_id, created=self.host.now())
-        session.add(row)
-        self.host.lists.append(session, ACTIONS, [self._entry(row, "add")])
+        done = Published(f"wb-{card.card_id}-{seq}", card.card_id, kind, seq, sealed.hex())
+        session.connection().execute(insert(table(ActionRow)), {
+            "action_id": done.action_id, "card_id": card.card_id, "kind": kind, "seq": seq,
+            "payload": payload.hex(), "sealed": done.sealed, "status": "pending",
+            "debt_id": debt_id, "created": self.host.now(), "applied_at": None,
+            "receipt": None})
+        self.host.lists.append(session, ACTIONS, [self._entry(done, "add")], hot=hot)
         log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
-        return row
+        return done
 
     @staticmethod
-    def _entry(row: ActionRow, op: str) -> dict[str, object]:
+    def _entry(row: ActionRow | Published, op: str) -> dict[str, object]:
         return {"card_id": row.card_id, "op": op, "action_id": row.action_id, "kind": row.kind,
                 "seq": row.seq, "sealed": row.sealed if op == "add" else ""}
 

@@ -47,17 +47,27 @@ from prometheus_client import (
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tallypurse.core import hostapi as api
 from tallypurse.core.errors import BadInput, CryptoError, TallypurseError
 from tallypurse.host import errors as E
+from tallypurse.host.agent import TerminalChanged
 from tallypurse.host.db.migrate import current_revision, head_revision
 from tallypurse.host.errors import HostError
 from tallypurse.host.ratelimit import RateLimited
 from tallypurse.host.service import Host
 
 from . import schemas as S
-from .auth import Principal, Role, authenticate_terminal, create_token, principal
+from .auth import (
+    Principal,
+    Role,
+    TerminalKeys,
+    authenticate_terminal,
+    create_token,
+    principal,
+    verify_terminal,
+)
 from .guard import OperatorAudit, RequestGuard
 
 log = logging.getLogger("tallypurse.host.api")
@@ -203,16 +213,31 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
     app.add_middleware(RequestGuard, host=host)
 
     # --- metrics middleware ---------------------------------------------------------------------
-    @app.middleware("http")
-    async def _measure(request: Request,
-                       call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        metrics.latency.labels(path).observe(time.perf_counter() - started)
-        return response
+    # A plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and a stream per
+    # request): counts each answer by route and status, and its latency.
+    def measure(inner: ASGIApp) -> ASGIApp:
+        async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await inner(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = [500]
+
+            async def sending(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    status[0] = message["status"]
+                await send(message)
+
+            try:
+                await inner(scope, receive, sending)
+            finally:
+                path = getattr(scope.get("route"), "path", "unmatched")
+                metrics.requests.labels(path, scope["method"], str(status[0])).inc()
+                metrics.latency.labels(path).observe(time.perf_counter() - started)
+
+        return middleware
+
+    app.add_middleware(measure)
 
     # --- health ----------------------------------------------------------------------------------
     @app.get("/health", tags=["health"])
@@ -284,9 +309,30 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         elif isinstance(result, api.OnlineAuthoriseResponse):
             metrics.online.labels(str(result.approved).lower()).inc()
 
+    terminal_keys = TerminalKeys(host)
+
+    def agent_debit(method: str, url: str, headers: dict[str, str], body: bytes) -> BaseModel:
+        """The hot path: the signature checked with the terminal's cached key, then one
+        transaction records the nonce and takes the debit (and re-reads the terminal)."""
+        signed = verify_terminal(host, terminal_keys, method, url, headers, body)
+        request = parse(api.AgentDebitRequest, body)
+        try:
+            return host.agent.submit(signed.terminal_id, request, signed=signed)
+        except TerminalChanged:
+            terminal_keys.forget(signed.terminal_id)
+        signed = verify_terminal(host, terminal_keys, method, url, headers, body, fresh=True)
+        try:
+            return host.agent.submit(signed.terminal_id, request, signed=signed)
+        except TerminalChanged:
+            raise HostError(E.SIGNATURE_INVALID, "the terminal changed while signing") from None
+
     def terminal_endpoint(name: str, model: type[BaseModel] | None,
                           handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         def work(method: str, url: str, headers: dict[str, str], body: bytes) -> BaseModel:
+            if name == "agent_debit":
+                result = agent_debit(method, url, headers, body)
+                count(name, result)
+                return result
             if name == "enrol":
                 enrol = parse(api.EnrolRequest, body)
                 tid = authenticate_terminal(host, method, url, headers, body, csr_hex=enrol.csr,

@@ -11,7 +11,8 @@ SHA-256 hashes, with a role and, for a merchant, the merchant id.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,8 +21,9 @@ from sqlalchemy.exc import IntegrityError
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import BadInput, CertificateError, DecodeError
-from tallypurse.core.httpsig import SignatureError, verify_request
+from tallypurse.core.httpsig import SignatureError, Verified, verify_request
 from tallypurse.core.samproto import CertificateRequest
+from tallypurse.host.agent import SignedBy
 from tallypurse.host.db.models import ApiToken, Merchant, RequestNonce
 from tallypurse.host.errors import (
     CSR_INVALID,
@@ -113,7 +115,6 @@ def authenticate_terminal(host: Host, method: str, url: str, headers: Mapping[st
 
     For enrolment the key comes from the certificate request in the body
     (``csr_hex``), which also proves possession of that key."""
-    settings = host.settings
 
     def key_of(key_id: str) -> bytes:
         if csr_hex is not None:
@@ -126,15 +127,76 @@ def authenticate_terminal(host: Host, method: str, url: str, headers: Mapping[st
         with host.uow() as uow:
             return host.tms.signing_key(uow.session, key_id)
 
-    try:
-        verified = verify_request(method, url, headers, body, resolve_key=key_of,
-                                  now=host.now(), max_age=settings.signature_max_age_s,
-                                  skew=settings.clock_skew_s)
-    except SignatureError as exc:
-        raise HostError(_REASONS[exc.reason], exc.message) from None
+    verified = _verify(host, method, url, headers, body, key_of)
     host.limits.charge("terminal", verified.key_id)  # counted once the signature verified
     remember_nonce(host, verified.key_id, verified.nonce, verified.created)
     return verified.key_id
+
+
+def _verify(host: Host, method: str, url: str, headers: Mapping[str, str], body: bytes,
+            key_of: Callable[[str], bytes]) -> Verified:
+    settings = host.settings
+    try:
+        return verify_request(method, url, headers, body, resolve_key=key_of, now=host.now(),
+                              max_age=settings.signature_max_age_s, skew=settings.clock_skew_s)
+    except SignatureError as exc:
+        raise HostError(_REASONS[exc.reason], exc.message) from None
+
+
+class TerminalKeys:
+    """The terminals' request keys, kept per process for checking signatures only: the
+    transaction that acts on the request reads the terminal again and refuses to go on
+    (:class:`tallypurse.host.agent.TerminalChanged`) if its key, status or certificate
+    is not what the signature was checked with; the caller then forgets the key and
+    checks the request again against the database."""
+
+    def __init__(self, host: Host, size: int = 4096) -> None:
+        self.host = host
+        self.size = size
+        self._keys: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, terminal_id: str) -> bytes:
+        key = self._keys.get(terminal_id)
+        if key is None:
+            key = self.fresh(terminal_id)
+        return key
+
+    def fresh(self, terminal_id: str) -> bytes:
+        with self.host.uow() as uow:
+            key = self.host.tms.signing_key(uow.session, terminal_id)
+        with self._lock:
+            if len(self._keys) >= self.size:
+                self._keys.clear()
+            self._keys[terminal_id] = key
+        return key
+
+    def forget(self, terminal_id: str) -> None:
+        with self._lock:
+            self._keys.pop(terminal_id, None)
+
+
+def verify_terminal(host: Host, keys: TerminalKeys, method: str, url: str,
+                    headers: Mapping[str, str], body: bytes, *, fresh: bool = False) -> SignedBy:
+    """Check a terminal's signed request without recording its nonce: the caller records
+    it in the transaction that acts on the request (``record_nonce``)."""
+    used: dict[str, bytes] = {}
+
+    def key_of(key_id: str) -> bytes:
+        used[key_id] = keys.fresh(key_id) if fresh else keys.get(key_id)
+        return used[key_id]
+
+    try:
+        verified = _verify(host, method, url, headers, body, key_of)
+    except HostError as exc:
+        if fresh or exc.what is not SIGNATURE_INVALID:
+            raise
+        # Perhaps a new SAM since the key was kept (re-enrolled): once more, from the database.
+        return verify_terminal(host, keys, method, url, headers, body, fresh=True)
+    host.limits.charge("terminal", verified.key_id)  # counted once the signature verified
+    if secrets.randbelow(PURGE_EVERY) == 0:
+        purge_nonces(host)
+    return SignedBy(verified.key_id, used[verified.key_id], verified.nonce)
 
 
 def remember_nonce(host: Host, key_id: str, nonce: str, created: int) -> None:
@@ -143,10 +205,17 @@ def remember_nonce(host: Host, key_id: str, nonce: str, created: int) -> None:
     try:
         with host.uow() as uow:
             uow.session.add(RequestNonce(key_id=key_id, nonce=nonce, created=now))
-            if secrets.randbelow(PURGE_EVERY) == 0:
-                horizon = now - host.settings.signature_max_age_s - host.settings.clock_skew_s
-                uow.session.execute(delete(RequestNonce).where(RequestNonce.created < horizon))
             uow.commit()
     except IntegrityError:
         raise HostError(REPLAY, "this request was seen before (nonce reused)") from None
+    if secrets.randbelow(PURGE_EVERY) == 0:
+        purge_nonces(host)
+
+
+def purge_nonces(host: Host) -> None:
+    """Forget nonces older than any signature the host still accepts."""
+    horizon = host.now() - host.settings.signature_max_age_s - host.settings.clock_skew_s
+    with host.uow() as uow:
+        uow.session.execute(delete(RequestNonce).where(RequestNonce.created < horizon))
+        uow.commit()
 

@@ -429,6 +429,7 @@ class ListsPage:
 
 
 def lists_page(host: Host) -> ListsPage:
+    host.lists.publish()
     with host.uow() as uow:
         s = uow.session
         heads: dict[str, int] = {n: host.lists.head(s, n) for n in (BLACKLIST, ACTIONS)}

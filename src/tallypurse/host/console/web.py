@@ -385,6 +385,7 @@ def create_console(host: Host, *, https_only: bool | None = None) -> FastAPI:
     @app.get("/terminals", name="terminals")
     def terminals(request: Request, user: Anyone) -> Response:
         scope = user.merchant_id if user.role == Role.MERCHANT else None
+        host.lists.publish()
         with host.uow() as uow:
             heads = {n: host.lists.head(uow.session, n) for n in ("blacklist", "actions")}
             params = host.tms.parameters(uow.session).parameters.version

@@ -237,12 +237,13 @@ class ListHead(Base):
 
 
 class ListEntry(Base):
-    """One change to a list; its version is the list's version after the change."""
+    """One change to a list; its version is the list's version after the change, given
+    by the publisher once the writer's transaction has committed (NULL until then)."""
 
     __tablename__ = "list_entries"
     id: Mapped[int] = mapped_column(PK, primary_key=True)
     list_name: Mapped[str] = mapped_column(String(16))
-    version: Mapped[int] = mapped_column(BigInteger)
+    version: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     card_id: Mapped[str] = mapped_column(String(16))
     op: Mapped[str] = mapped_column(String(8))
     reason: Mapped[str] = mapped_column(String(64), default="")

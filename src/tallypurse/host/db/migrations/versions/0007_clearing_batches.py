@@ -3,7 +3,7 @@ card event names the ledger transaction that booked it (existing events get the
 transaction of their own, found by its reference ``card:seqno``).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
