@@ -175,6 +175,10 @@ def test_the_operator_reads_the_day_blocks_a_card_and_pays_the_merchants(
     # Find Ada's card by typing (HTMX live search), open it, block it.
     card_id = live.seeded.cards["ada"]
     page.click("nav >> text=Cards")
+    # HTMX binds the search box when the page has loaded: typing earlier is not heard
+    page.wait_for_url("**/cards")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_function("() => window.htmx !== undefined && document.readyState === 'complete'")
     page.fill("input[name=q]", "lovelace")
     results = page.locator("#card-results")
     expect(results).not_to_contain_text(live.seeded.cards["anon"])  # HTMX swapped them
