@@ -4,6 +4,7 @@ problem documents with stable codes for bad input that change nothing, roles for
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import sqlalchemy as sa
@@ -11,8 +12,10 @@ import sqlalchemy as sa
 from tallypurse.core.hostapi import ROUTES, Problem, SyncRequest
 from tallypurse.core.protocol import TxType
 from tallypurse.host import errors as E
+from tallypurse.host.api import create_app
 from tallypurse.host.api.auth import create_token
 from tallypurse.host.db.models import LedgerTransaction, RequestNonce
+from tallypurse.host.ledger import LedgerError
 from tallypurse.host.service import Host
 
 from .world import World
@@ -203,3 +206,26 @@ def test_operator_requests_with_bad_input_get_problems_and_change_nothing(world:
 def test_an_unknown_path_is_a_problem_document(world: World) -> None:
     response = world.http.get("/v1/nowhere")
     assert response.status_code == 404 and problem_of(response).code == E.NOT_FOUND.code
+
+
+@pytest.mark.parametrize(("fault", "code", "status"), [
+    (RuntimeError("a bug"), E.INTERNAL, 500),
+    (LedgerError("settlement x: unbalanced by 1"), E.LEDGER_REFUSED, 500),
+])
+def test_a_host_fault_is_a_problem_document_not_a_bare_500(
+        host: Host, monkeypatch: pytest.MonkeyPatch, fault: Exception, code: E.Code,
+        status: int) -> None:
+    def broken(**_: object) -> object:
+        raise fault
+
+    monkeypatch.setattr(host.loads, "recent", broken)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from starlette.testclient import TestClient
+    with TestClient(create_app(host), raise_server_exceptions=False) as client:
+        auth = {"Authorization": "Bearer " + create_token(host, "operator")}
+        r = client.get("/v1/ops/loads", headers=auth)
+    assert r.status_code == status
+    assert r.headers["content-type"] == "application/problem+json"
+    assert problem_of(r).code == code.code
+    assert "a bug" not in r.text  # an internal error tells the client nothing of its cause

@@ -144,9 +144,9 @@ class Network:
         except OperationalError as exc:
             raise HostUnavailable(f"{name}: database unavailable ({exc.__class__.__name__})") \
                 from None
-        except LedgerError as exc:  # the HTTP API answers 422; it is a host bug all the same
+        except LedgerError as exc:  # a host bug: the HTTP API answers 500 and the terminal retries
             self.problem(f"{name} from {terminal_id}: the ledger refused: {exc.message}")
-            raise HostRejected(problem_of(exc)) from None
+            raise HostUnavailable(f"{name}: the ledger refused") from None
         except TallypurseError as exc:
             self.stats[f"rejected.{name}"] += 1
             raise HostRejected(problem_of(exc)) from None

@@ -55,6 +55,7 @@ from tallypurse.host import errors as E
 from tallypurse.host.agent import TerminalChanged
 from tallypurse.host.db.migrate import current_revision, head_revision
 from tallypurse.host.errors import HostError
+from tallypurse.host.ledger import LedgerError
 from tallypurse.host.ratelimit import RateLimited
 from tallypurse.host.service import Host
 
@@ -198,6 +199,21 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
     async def _db_down(_: Request, exc: OperationalError) -> JSONResponse:
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return problem(E.UNAVAILABLE, "the database did not answer; retry")
+
+    @app.exception_handler(LedgerError)
+    async def _ledger(_: Request, exc: LedgerError) -> JSONResponse:
+        # A host bug (an unbalanced or malformed transaction), never the client's: nothing
+        # was written, and a 500 keeps the terminal's request queued for a retry.
+        log.error("ledger refused a transaction: %s", exc.message)
+        metrics.problems.labels(str(E.LEDGER_REFUSED.code)).inc()
+        return problem(E.LEDGER_REFUSED, exc.message)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path,
+                      exc_info=exc)
+        metrics.problems.labels(str(E.INTERNAL.code)).inc()
+        return problem(E.INTERNAL, "an internal error; nothing was acknowledged")
 
     @app.exception_handler(TallypurseError)
     async def _other(_: Request, exc: TallypurseError) -> JSONResponse:
