@@ -184,7 +184,7 @@ async def test_an_interrupted_tap_asks_for_the_card_again_and_shows_the_recovere
         assert app.last is not None and app.last.kind == APPROVED
         assert shown(app, "headline").strip() == "APPROVED 3.00 EUR (RECOVERED)"
         assert "nothing new was charged" in shown(app, "details")
-        assert "completed after an interrupted tap" in shown(app, "receipt")
+        assert "RECOVERED: done before an" in shown(app, "receipt")
         assert "attempts  0 open" in shown(app, "status")
     assert taps.count == 2
     assert purse.balance == 4_700  # charged once
