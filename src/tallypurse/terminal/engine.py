@@ -76,6 +76,7 @@ from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL, PURPOSE_REQ
 from tallypurse.core.transport import ApduClient
 from tallypurse.sam import Sam
 
+from . import receipts as _receipts
 from .errors import (
     CardLost,
     DeclineCode,
@@ -88,7 +89,6 @@ from .errors import (
 )
 from .journal import (
     COMMITTED,
-    RECEIPT_KINDS,
     DECLINED,
     PENDING,
     UNCERTAIN,
@@ -101,7 +101,6 @@ from .journal import (
 from .lists import Lists, host_keys_from_certificates, verify_trust
 from .outbox import FlushReport, Item, Kind, Outbox
 from .reader import Reader
-from . import receipts as _receipts
 from .receipts import Receipt
 
 SAM_FILE = "sam.json"
