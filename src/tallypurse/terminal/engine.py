@@ -616,9 +616,11 @@ class Terminal:
             return None
         return a, _receipts.from_json(a.receipt)
 
-    def receipt_delivered(self, receipt: Receipt) -> bool:
+    def receipt_delivered(self, receipt: Receipt | None) -> bool:
         """The caller printed or showed ``receipt``: a later request is a new one.
-        Returns False if it was marked before (or is not a receipt of this journal)."""
+        Returns False if it was marked before (or is None, or not of this journal)."""
+        if receipt is None:
+            return False
         a = self.journal.receipt_attempt(receipt.journal_seq)
         if a is None or a.receipt_delivered:
             return False
