@@ -8,7 +8,9 @@ Two tables carry the money story:
     command (state ``pending``, with the exact signed order sent to the card)
     and again *after* it (``committed``, ``declined`` or ``uncertain``). A
     terminal that restarts turns every ``pending`` row into ``uncertain``; the
-    next tap of that card resolves it with GET TRANSACTION PROOF.
+    next tap of that card resolves it with GET TRANSACTION PROOF. A committed money
+    attempt also keeps its receipt and, once the caller printed or showed it, when it
+    was delivered (schema 2; outside the hash chain, see docs/terminal.md).
 
 ``journal``
     the outcomes the host must hear of: gap-free sequence numbers, each entry
