@@ -106,6 +106,38 @@ def test_a_power_cut_at_every_write_between_credit_and_delivery_loads_the_card_o
         t2.close()
 
 
+def test_a_power_cut_at_every_write_between_debit_and_delivery_charges_the_card_once(
+    tmp_path: Path, host: FakeHost, clock: Clock, new_purse: Callable[..., Purse]
+) -> None:
+    def pay(purse: Purse) -> Callable[[Terminal], TapResult]:
+        return lambda t: t.purchase(purse.reader, 200, tx_type="canteen")
+
+    hook = CrashAt()
+    t = make_terminal(tmp_path / "count", host, clock, write_hook=hook)
+    start = hook.count
+    cashier(t, pay(new_purse(BALANCE)))
+    t.close()
+    labels = hook.labels[start:]
+    after_debit = labels.index("commit") + 1
+    assert labels[after_debit:].count("commit") == 2, labels  # the outcome, the mark
+    for n in range(after_debit, len(labels)):
+        hook = CrashAt()
+        directory = tmp_path / f"cut-{n}"
+        t = make_terminal(directory, host, clock, write_hook=hook)
+        purse = new_purse(BALANCE)
+        hook.n = hook.count + n
+        with pytest.raises(SimulatedCrash):
+            cashier(t, pay(purse))
+        t.close()
+        t2 = reopen(directory, host, clock)
+        retry = cashier(t2, pay(purse))
+        assert retry.recovered and retry.receipt is not None, (n, labels[n])
+        assert purse.balance == BALANCE - 200 and purse.atc == 1, (n, labels[n])
+        nxt = cashier(t2, pay(purse))
+        assert not nxt.recovered and purse.balance == BALANCE - 400
+        t2.close()
+
+
 def test_a_different_amount_is_not_swallowed_but_refused_naming_the_lost_receipt(
     tmp_path: Path, host: FakeHost, clock: Clock, new_purse: Callable[..., Purse]
 ) -> None:
