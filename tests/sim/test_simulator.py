@@ -75,6 +75,8 @@ def faults_seen(report: SimReport) -> None:
     assert c["clones.injected"] >= 1 and c["clones.detected"] == c["clones.injected"]
     assert c["purchase.split"] > 0 and c["writebacks.applied"] > 0
     assert c["purchase.recovered_after_fault"] > 0
+    # a power cut between a load's commit and its receipt: the retry is not loaded again
+    assert c["load.recovered_after_fault"] > 0
 
 
 def test_the_same_seed_gives_the_same_run(tmp_path: Path) -> None:

@@ -24,13 +24,14 @@ def test_migrations_run_once_in_order_and_a_newer_schema_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Database(tmp_path / "j.db").close()
-    extra = (2, "a test column", ["ALTER TABLE meta ADD COLUMN note TEXT"])
+    newest = journal_mod.MIGRATIONS[-1][0]
+    extra = (newest + 1, "a test column", ["ALTER TABLE meta ADD COLUMN note TEXT"])
     monkeypatch.setattr(journal_mod, "MIGRATIONS", [*journal_mod.MIGRATIONS, extra])
     db = Database(tmp_path / "j.db")
-    assert db.schema_version == 2
+    assert db.schema_version == newest + 1
     db.close()
     Database(tmp_path / "j.db").close()  # nothing to do the second time
-    monkeypatch.setattr(journal_mod, "MIGRATIONS", journal_mod.MIGRATIONS[:1])
+    monkeypatch.setattr(journal_mod, "MIGRATIONS", journal_mod.MIGRATIONS[:-1])
     with pytest.raises(TerminalError, match="newer than this software"):
         Database(tmp_path / "j.db")
 
@@ -39,12 +40,13 @@ def test_a_failing_migration_leaves_the_schema_as_it_was(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     Database(tmp_path / "j.db").close()
-    bad = (2, "broken", ["CREATE TABLE ok (a)", "THIS IS NOT SQL"])
+    newest = journal_mod.MIGRATIONS[-1][0]
+    bad = (newest + 1, "broken", ["CREATE TABLE ok (a)", "THIS IS NOT SQL"])
     monkeypatch.setattr(journal_mod, "MIGRATIONS", [*journal_mod.MIGRATIONS, bad])
-    with pytest.raises(TerminalError, match=r"migration 2 .broken. failed"):
+    with pytest.raises(TerminalError, match=rf"migration {newest + 1} .broken. failed"):
         Database(tmp_path / "j.db")
     conn = sqlite3.connect(tmp_path / "j.db")
-    assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == 1
+    assert conn.execute("SELECT max(version) FROM schema_migrations").fetchone()[0] == newest
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'ok'").fetchone()[0] == 0
     conn.close()
 

@@ -4,6 +4,7 @@ headless pilot at 80x24, against real in-process cards and an enrolled terminal.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +23,7 @@ from tallypurse.terminal.ui import (
     parse_amount,
 )
 
-from .conftest import Purse
+from .conftest import Clock, Purse, make_terminal, reopen
 from .fakehost import FakeHost
 from .test_terminal_tearing import Tearing
 
@@ -184,7 +185,7 @@ async def test_an_interrupted_tap_asks_for_the_card_again_and_shows_the_recovere
         assert app.last is not None and app.last.kind == APPROVED
         assert shown(app, "headline").strip() == "APPROVED 3.00 EUR (RECOVERED)"
         assert "nothing new was charged" in shown(app, "details")
-        assert "completed after an interrupted tap" in shown(app, "receipt")
+        assert "RECOVERED: done before an" in shown(app, "receipt")
         assert "attempts  0 open" in shown(app, "status")
     assert taps.count == 2
     assert purse.balance == 4_700  # charged once
@@ -260,3 +261,31 @@ async def test_quit_waits_for_a_running_tap(
         await pilot.pause()
         assert not app.is_running
     assert purse.balance == 4_900
+
+
+@pytest.mark.anyio
+async def test_a_load_whose_receipt_was_never_shown_is_shown_once_and_f10_prints_a_copy(
+    tmp_path: Path, host: FakeHost, clock: Clock, new_purse: Callable[..., Purse]
+) -> None:
+    first = make_terminal(tmp_path / "t", host, clock)
+    purse = new_purse(1_000)
+    first.load(purse.reader, 500)  # the card loads; the till loses power before the screen
+    first.close()
+    terminal = reopen(tmp_path / "t", host, clock)
+    app = CashierApp(terminal, Taps(purse.reader))
+    async with app.run_test(size=SIZE) as pilot:
+        assert "NOT GIVEN - F10" in shown(app, "status")
+        await key_in(app, pilot, "6.00", "f3")  # another amount: refused, naming the lost one
+        assert app.last is not None and app.last.kind == DECLINED
+        assert "D80" in shown(app, "headline") and "load of 5.00 EUR" in shown(app, "details")
+        await key_in(app, pilot, "5.00", "f3")  # the cashier's retry
+        assert shown(app, "headline").strip() == "LOADED 5.00 EUR (RECOVERED)"
+        assert terminal.undelivered() is None  # shown: handed over
+        assert "NOT GIVEN" not in shown(app, "status")
+        await pilot.press("f10")
+        await done(app, pilot)
+        assert "COPY: printed again" in shown(app, "receipt")
+        await key_in(app, pilot, "5.00", "f3")  # a new load
+        assert shown(app, "headline").strip() == "LOADED 5.00 EUR"
+    assert purse.balance == 2_000  # loaded twice, for two loads asked
+    terminal.close()

@@ -265,7 +265,7 @@ def _amount(text: str, t: Terminal) -> int:
     return minor
 
 
-def _print_result(result: TapResult, escpos: Path | None) -> None:
+def _print_result(result: TapResult, escpos: Path | None, t: Terminal) -> None:
     for w in result.writebacks:
         typer.echo(f"write-back {w} applied")
     for r in result.resolutions:
@@ -279,6 +279,9 @@ def _print_result(result: TapResult, escpos: Path | None) -> None:
     if escpos is not None:
         receipts.print_escpos(result.receipt, str(escpos))
         typer.echo(f"ESC/POS receipt written to {escpos}")
+    # Only now has the cashier got it: a stop before this line leaves the receipt
+    # undelivered, and the retry is answered with it instead of a second charge.
+    t.receipt_delivered(result.receipt)
 
 
 def _reader(card_file: Path | None, pcsc: bool, reader_name: str | None) -> Reader:
@@ -312,7 +315,10 @@ def _tap(data_dir: Path, host: str | None, card_file: Path | None,
             fail(exc.message, EXIT_INTERRUPTED)
         except TallypurseError as exc:
             fail(exc.message)
-        _print_result(result, escpos)
+        try:
+            _print_result(result, escpos, t)
+        except TallypurseError as exc:
+            fail(exc.message)
     finally:
         t.close()
 
@@ -422,6 +428,33 @@ def resolve(card: CardOpt = None, data_dir: DataDir = Path("terminal"), host: Ho
     _tap(data_dir, host, card, lambda t, r: t.resolve(r), pcsc=pcsc, reader_name=reader)
 
 
+@app.command("reprint")
+def reprint(
+    data_dir: DataDir = Path("terminal"),
+    seq: Annotated[int | None, typer.Option(
+        "--seq", help="Journal entry of the receipt (default: the last receipt).")] = None,
+    escpos: Annotated[Path | None, typer.Option(
+        help="Also write the receipt as ESC/POS to this file or printer device.")] = None,
+) -> None:
+    """Print the last receipt (or that of a journal entry) again, marked COPY; a receipt
+    never handed over (the terminal stopped first) counts as delivered from now on."""
+    t = _open(data_dir, "")
+    try:
+        receipt = t.last_receipt(seq)
+        if receipt is None:
+            fail("no receipt to print again" if seq is None
+                 else f"no receipt for journal entry {seq} on this terminal")
+        typer.echo(receipts.text(receipt), nl=False)
+        if escpos is not None:
+            receipts.print_escpos(receipt, str(escpos))
+            typer.echo(f"ESC/POS receipt written to {escpos}")
+        t.receipt_delivered(receipt)
+    except TallypurseError as exc:
+        fail(exc.message)
+    finally:
+        t.close()
+
+
 @app.command("ui")
 def ui(
     card: CardOpt = None,
@@ -518,6 +551,7 @@ def journal(
         n = t.journal.verify(all_signatures=verify)
         entries = t.journal.entries(None)[-limit:]
         attempts = t.journal.open_attempts_for()
+        undelivered = t.undelivered()
     except TallypurseError as exc:
         t.close()
         fail(exc.message)
@@ -528,6 +562,8 @@ def journal(
             "open_attempts": [{"attempt": a.id, "kind": a.kind, "state": a.state,
                                "card_id": a.card_id.hex(), "amount": a.amount,
                                "detail": a.detail} for a in attempts],
+            "undelivered_receipt": None if undelivered is None else {
+                "attempt": undelivered[0].id, "journal_seq": undelivered[1].journal_seq},
         }, indent=2))
         return
     typer.echo(f"journal verified: {n} entries chained and signed"
@@ -540,6 +576,9 @@ def journal(
     for a in attempts:
         typer.echo(f"  attempt {a.id} {a.kind} {a.state.upper()} card {a.card_id.hex()}: "
                    f"{a.detail} (tap that card again)")
+    if undelivered is not None:
+        typer.echo(f"  entry {undelivered[1].journal_seq}: its receipt was never handed over "
+                   "(`tallypurse terminal reprint`)")
 
 
 @app.command("status")
@@ -569,6 +608,12 @@ def status(data_dir: DataDir = Path("terminal"), as_json: JsonOpt = False) -> No
     for a in data["open_attempts"]:
         typer.echo(f"UNCERTAIN attempt {a['attempt']} ({a['kind']}) card {a['card_id']}: "
                    "tap that card again")
+    u = data["undelivered_receipt"]
+    if u:
+        typer.echo(f"RECEIPT NOT HANDED OVER: {u['kind']} of "
+                   f"{format_minor(u['amount'], currency(u['currency']))} card {u['card_id']} "
+                   f"(journal {u['journal_seq']}) went through: "
+                   "run `tallypurse terminal reprint`")
     last = data["last_close"]
     if last:
         typer.echo(f"last close: batch {last['batch_id']}"

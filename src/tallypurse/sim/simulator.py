@@ -494,7 +494,7 @@ class Simulation:
             started = time.perf_counter()
             out = t.purchase(reader, amount, tx_type=kind)
             self.report.tap_ms.append((time.perf_counter() - started) * 1000)
-            return out
+            return _handed(t, out)
 
         try:
             result = self._guard("purchase", lambda: self.attempt(pos, port, op, "purchase"))
@@ -520,7 +520,7 @@ class Simulation:
     def cancel(self, pos: Pos, p: Person) -> None:
         try:
             result = self._guard("cancel", lambda: self.attempt(
-                pos, p.port, lambda t, r: t.cancel_last(_reader(r)), "cancel"))
+                pos, p.port, lambda t, r: _handed(t, t.cancel_last(_reader(r))), "cancel"))
         except Declined as exc:
             self.counts[f"cancel.declined.{exc.reason.name.lower()}"] += 1
             return
@@ -531,12 +531,15 @@ class Simulation:
     def load(self, pos: Pos, p: Person, amount: int, funding: str) -> None:
         try:
             result = self._guard("load", lambda: self.attempt(
-                pos, p.port, lambda t, r: t.load(_reader(r), amount, funding=funding), "load"))
+                pos, p.port, lambda t, r: _handed(t, t.load(_reader(r), amount, funding=funding)),
+                "load"))
         except Declined as exc:
             self.counts[f"load.declined.{exc.reason.name.lower()}"] += 1
             return
         if result is not None and result.receipt is not None:
             self.counts[f"load.{funding}"] += 1
+            if result.recovered:
+                self.counts["load.recovered_after_fault"] += 1
             p.balance = result.receipt.balance_after or 0
 
     # --- terminals' host work --------------------------------------------------------------------
@@ -773,6 +776,13 @@ class Simulation:
 def _reader(r: InProcessReader | None) -> InProcessReader:
     assert r is not None
     return r
+
+
+def _handed(t: Terminal, result: TapResult) -> TapResult:
+    """The cashier hands the receipt over: the terminal marks it delivered (a power cut
+    before that mark leaves it to be handed over at the retry)."""
+    t.receipt_delivered(result.receipt)
+    return result
 
 
 def _counters(port: CardPort) -> Counters:

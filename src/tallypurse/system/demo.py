@@ -136,11 +136,13 @@ def _run(eh: EmbeddedHost, workdir: Path, story: Story, tills: list[Till]) -> di
     def tap(till: Till, who: str, amount: int, tx_type: str) -> Any:
         result = till.terminal.purchase(till.reader(cards[who]), amount, tx_type=tx_type)
         story.receipt(result.receipt)
+        till.terminal.receipt_delivered(result.receipt)  # printed: the next tap is a new one
         return result
 
     for who, amount in (("Alice", 2_000), ("Bob", 1_000), ("Carol", 500), ("Dave", 3_000)):
         r = till1.terminal.load(till1.reader(cards[who]), amount, funding="cash")
         story.receipt(r.receipt)
+        till1.terminal.receipt_delivered(r.receipt)
     story.step("load", "Loaded the purses at the canteen till, online with host-signed load "
                "authorisations: Alice 20.00, Bob 10.00, Carol 5.00, Dave 30.00.")
 
@@ -182,6 +184,7 @@ def _run(eh: EmbeddedHost, workdir: Path, story: Story, tills: list[Till]) -> di
     before = slots(cards["Alice"])
     r = till2.terminal.load(till2.reader(cards["Alice"]), 1_000, funding="online_account")
     story.receipt(r.receipt)
+    till2.terminal.receipt_delivered(r.receipt)
     after = slots(cards["Alice"])
     tap(till2, "Alice", 200, "transit")
     story.step("write-back", "Alice topped up 10.00 from her online account at the transit "

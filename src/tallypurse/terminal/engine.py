@@ -17,6 +17,7 @@ transactions. See docs/terminal.md.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import time as _time
@@ -61,7 +62,7 @@ from tallypurse.core.messages import (
     WriteBackHeader,
     WriteBackReceipt,
 )
-from tallypurse.core.money import MAX_MINOR, Currency, currency_by_numeric
+from tallypurse.core.money import MAX_MINOR, Currency, currency_by_numeric, format_minor
 from tallypurse.core.money import currency as currency_of
 from tallypurse.core.protocol import (
     FLAG_BLOCKED,
@@ -75,6 +76,7 @@ from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL, PURPOSE_REQ
 from tallypurse.core.transport import ApduClient
 from tallypurse.sam import Sam
 
+from . import receipts as _receipts
 from .errors import (
     CardLost,
     DeclineCode,
@@ -278,6 +280,7 @@ class Terminal:
         self._credit_ok: dict[bytes, bool] = {}
         self._card_keys: dict[bytes, tuple[bytes, int, int]] = {}
         self._batch_results: list[dict[str, Any]] = []
+        self._handed_seq = 0  # journal seq of the last receipt returned in this process
 
     # --- life cycle ----------------------------------------------------------------------------
     @classmethod
@@ -595,8 +598,86 @@ class Terminal:
         card, is the sale in progress: complete it instead of charging again."""
         for r in tap.resolutions:
             if r.attempt == last and r.kind in kinds and r.outcome == COMMITTED and r.receipt:
-                return TapResult(r.receipt, True, tap.resolutions, tap.writebacks)
+                return self._hand(tap, r.receipt, recovered=True)
         return None
+
+    def _hand(self, tap: _Tap, receipt: Receipt, *, recovered: bool = False) -> TapResult:
+        """The result a tap returns: its receipt goes to the caller, who prints or shows
+        it and then calls :meth:`receipt_delivered`."""
+        self._handed_seq = receipt.journal_seq
+        return TapResult(receipt, recovered, tap.resolutions, tap.writebacks)
+
+    # --- receipts not handed over ----------------------------------------------------------------
+    def undelivered(self) -> tuple[Attempt, Receipt] | None:
+        """The terminal's most recent money attempt if it went through but its receipt
+        was never marked delivered (the terminal stopped before the cashier saw it)."""
+        a = self.journal.last_receipt_attempt()
+        if a is None or a.state != COMMITTED or a.receipt is None or a.receipt_delivered:
+            return None
+        return a, _receipts.from_json(a.receipt)
+
+    def receipt_delivered(self, receipt: Receipt | None) -> bool:
+        """The caller printed or showed ``receipt``: a later request is a new one.
+        Returns False if it was marked before (or is None, or not of this journal)."""
+        if receipt is None:
+            return False
+        a = self.journal.last_receipt_attempt()  # nearly always the one (a primary-key probe)
+        if a is None or a.journal_seq != receipt.journal_seq:
+            a = self.journal.receipt_attempt(receipt.journal_seq)
+        if a is None or a.receipt_delivered:
+            return False
+        with self.db.write() as tx:
+            return self.journal.mark_delivered(tx, a.id, self._now())
+
+    def last_receipt(self, journal_seq: int | None = None) -> Receipt | None:
+        """The last receipt (or that of journal entry ``journal_seq``) as a copy to print
+        again; None if the journal no longer holds it."""
+        if journal_seq is None:
+            a = self.journal.last_receipt_attempt()
+            while a is not None and a.receipt is None:  # the newest one never completed
+                older = self.db.one(
+                    "SELECT max(id) FROM attempts WHERE id < ? AND receipt IS NOT NULL", (a.id,)
+                )
+                a = None if older is None else self.journal.attempt(int(older))
+        else:
+            a = self.journal.receipt_attempt(journal_seq)
+        if a is None or a.receipt is None:
+            return None
+        return dataclasses.replace(_receipts.from_json(a.receipt), copy=True)
+
+    def _undelivered_first(self, tap: _Tap, kind: str, amount: int | None,
+                           tx_type: str = "") -> TapResult | None:
+        """Before a new money command on this card: if the terminal's last one, on the same
+        card, went through but its receipt never reached the cashier (a power cut after the
+        card committed), the cashier's retry must not charge or load again. The same request
+        (kind and amount) gets that receipt, marked RECOVERED; another one is refused until
+        it is printed (``tallypurse terminal reprint``)."""
+        found = self.undelivered()
+        if found is None:
+            return None
+        a, receipt = found
+        if a.card_id != tap.card_id or a.journal_seq == self._handed_seq:
+            return None  # another customer; or returned in this process, to a caller that holds it
+        same = {
+            "load": a.kind == "load" and a.amount == amount,
+            "purchase": a.kind in ("debit", "online") and a.amount + a.split == amount
+            and a.tx_type == tx_type,
+            "cancel": a.kind == "cancel",
+        }[kind]
+        if same:
+            return self._hand(tap, dataclasses.replace(receipt, recovered=True), recovered=True)
+        if kind == "cancel":
+            return None  # cancelling the last purchase settles it either way
+        what = receipt.kind + (f" ({receipt.tx_type})"
+                               if receipt.tx_type and receipt.kind != "load" else "")
+        money = format_minor(receipt.total, receipt.currency)
+        raise Declined(
+            DeclineCode.RECEIPT_NOT_DELIVERED,
+            f"this card's {what} of {money} (journal {a.journal_seq}) went through but its "
+            "receipt was never handed over: print it (`tallypurse terminal reprint`) and "
+            "give it to the customer before a new transaction on this card; nothing was "
+            "done now",
+        )
 
     # --- write-back ------------------------------------------------------------------------------
     def _apply_writebacks(self, tap: _Tap) -> None:
@@ -786,10 +867,14 @@ class Terminal:
             amount=ev.amount, split=ev.split, currency=cur, record=signed.to_bytes(),
             reference=reference, attempt=attempt,
         )
+        label = {"debit": "split purchase" if ev.split else "purchase", "cancel": "cancel",
+                 "load": "load"}[kind]
+        receipt = self._receipt(label, ev, prepared.seq,
+                                reference=reference if kind == "load" else "", tac=signed.tac)
         with self.db.write() as tx:
             seq = self.journal.append(tx, prepared)
             self.journal.finish_attempt(tx, attempt, COMMITTED, now, card_id=ev.card_id,
-                                        journal_seq=seq)
+                                        journal_seq=seq, receipt=_receipts.to_json(receipt))
             if body is not None and outbox_kind is not None:
                 self.outbox.enqueue(tx, outbox_kind, key, body, journal_seq=seq)
             if kind == "cancel" and ev.split:
@@ -798,10 +883,7 @@ class Terminal:
                     tx, Kind.AGENT_DEBIT,
                     f"ad-{self.terminal_id.hex()}-{ev.card_id.hex()}-{ev.atc - 1}",
                 )
-        label = {"debit": "split purchase" if ev.split else "purchase", "cancel": "cancel",
-                 "load": "load"}[kind]
-        return self._receipt(label, ev, seq, reference=reference if kind == "load" else "",
-                             tac=signed.tac, recovered=recovered)
+        return dataclasses.replace(receipt, recovered=recovered) if recovered else receipt
 
     def _commit_or_interrupt(self, attempt: int, kind: str, signed: SignedEvent, *,
                              reference: str = "") -> Receipt:
@@ -839,7 +921,8 @@ class Terminal:
         self._check_room(params)
         last = self.journal.last_attempt
         tap = self._start(reader)
-        recovered = self._recovered(tap, ("debit",), last)
+        recovered = self._recovered(tap, ("debit",), last) or self._undelivered_first(
+            tap, "purchase", amount, ttype.name.lower())
         if recovered is not None:
             return recovered
         session = self._initialize_purchase(tap)
@@ -874,7 +957,7 @@ class Terminal:
                          detail="TAC does not verify")
             raise Declined(DeclineCode.TAC_INVALID, "the card's transaction certificate is bad")
         receipt = self._commit_or_interrupt(attempt, "debit", signed)
-        return TapResult(receipt, False, tap.resolutions, tap.writebacks)
+        return self._hand(tap, receipt)
 
     def _credit_record_valid(self, raw: bytes, verify: Callable[[bytes], bool]) -> bool:
         digest = crypto.sha256(raw)
@@ -932,6 +1015,9 @@ class Terminal:
         host = self._host()
         self._check_room(params)
         tap = self._start(reader)
+        recovered = self._undelivered_first(tap, "purchase", amount, ttype.name.lower())
+        if recovered is not None:
+            return recovered
         session = self._initialize_purchase(tap)
         purse = tap.purse
         self._card_key(tap)
@@ -992,18 +1078,18 @@ class Terminal:
             tx_type=ttype.name.lower(), amount=amount, split=0, currency=params.currency,
             reference=reference, attempt=attempt,
         )
-        with self.db.write() as tx:
-            seq = self.journal.append(tx, prepared)
-            self.journal.finish_attempt(tx, attempt, COMMITTED, tap.now, card_id=tap.card_id,
-                                        journal_seq=seq)
         receipt = Receipt(
             kind="online purchase", merchant=self.config.merchant_name or self.merchant_id,
             terminal_id=self.terminal_id, time=tap.now, card_id=tap.card_id,
             currency=currency_by_numeric(session.currency), tx_type=ttype.name.lower(),
             purse_amount=0, online_amount=amount, balance_after=session.balance,
-            journal_seq=seq, reference=reference,
+            journal_seq=prepared.seq, reference=reference,
         )
-        return TapResult(receipt, False, tap.resolutions, tap.writebacks)
+        with self.db.write() as tx:
+            seq = self.journal.append(tx, prepared)
+            self.journal.finish_attempt(tx, attempt, COMMITTED, tap.now, card_id=tap.card_id,
+                                        journal_seq=seq, receipt=_receipts.to_json(receipt))
+        return self._hand(tap, receipt)
 
     def _queue_reversal(self, tx: Tx, a: Attempt, now: int, after: Any) -> Any:
         prepared = self.journal.prepare(
@@ -1033,7 +1119,8 @@ class Terminal:
         self._check_room(params)
         last = self.journal.last_attempt
         tap = self._start(reader)
-        recovered = self._recovered(tap, ("load",), last)
+        recovered = self._recovered(tap, ("load",), last) or self._undelivered_first(
+            tap, "load", amount)
         if recovered is not None:
             return recovered
         self._check_blacklist(tap)
@@ -1080,8 +1167,10 @@ class Terminal:
                          detail="the load record does not verify")
             raise Declined(DeclineCode.TAC_INVALID, "the card's load record is bad")
         receipt = self._commit_or_interrupt(attempt, "load", signed, reference=key)
+        # A stop from here until the caller marks the receipt delivered leaves it
+        # undelivered in the journal: the retry gets it back (see _undelivered_first).
         self.flush(kinds=(Kind.CONFIRM_LOAD,))
-        return TapResult(receipt, False, tap.resolutions, tap.writebacks)
+        return self._hand(tap, receipt)
 
     def _money_command(self, tap: _Tap, attempt: int, command: Callable[[], T], ins: str,
                        during: str) -> T:
@@ -1131,7 +1220,8 @@ class Terminal:
         self._check_room(params)
         last = self.journal.last_attempt
         tap = self._start(reader)
-        recovered = self._recovered(tap, ("cancel",), last)
+        recovered = self._recovered(tap, ("cancel",), last) or self._undelivered_first(
+            tap, "cancel", None)
         if recovered is not None:
             return recovered
         session = self._initialize_purchase(tap)
@@ -1178,7 +1268,7 @@ class Terminal:
             raise Declined(DeclineCode.TAC_INVALID, "the card's cancel certificate is bad")
         receipt = self._commit_or_interrupt(attempt, "cancel", signed,
                                      reference=f"cancels-{entry.seq}")
-        return TapResult(receipt, False, tap.resolutions, tap.writebacks)
+        return self._hand(tap, receipt)
 
     # --- a tap that only settles what is pending for the card ------------------------------------
     def resolve(self, reader: Reader) -> TapResult:
@@ -1362,6 +1452,7 @@ class Terminal:
         nxt = self.outbox.next_attempt()
         last_sync = self.db.get_meta("last_sync")
         open_attempts = self.journal.open_attempts_for()
+        undelivered = self.undelivered()
         return {
             "terminal_id": self.terminal_id.hex(),
             "merchant_id": self.merchant_id,
@@ -1385,6 +1476,12 @@ class Terminal:
                 "states": self.outbox.counts(),
                 "next_attempt_in_s": None if nxt is None else max(0, round(nxt - now, 1)),
                 "rejected": self.outbox.rejected(),
+            },
+            "undelivered_receipt": None if undelivered is None else {
+                "attempt": undelivered[0].id, "kind": undelivered[1].kind,
+                "journal_seq": undelivered[1].journal_seq,
+                "card_id": undelivered[1].card_id.hex(), "amount": undelivered[1].total,
+                "currency": undelivered[1].currency.code, "time": undelivered[1].time,
             },
             "rejected_entries": self.journal.rejected_entries(),
             "lists": self.lists.summary(now),

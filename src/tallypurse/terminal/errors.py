@@ -55,6 +55,8 @@ class DeclineCode(IntEnum):
     CANCEL_WINDOW_PASSED = 61
     # tearing
     NOT_APPLIED = 70  # an interrupted command that the card never carried out
+    # receipts
+    RECEIPT_NOT_DELIVERED = 80  # this card's last transaction went through, receipt never printed
 
     @property
     def label(self) -> str:

@@ -8,7 +8,9 @@ Two tables carry the money story:
     command (state ``pending``, with the exact signed order sent to the card)
     and again *after* it (``committed``, ``declined`` or ``uncertain``). A
     terminal that restarts turns every ``pending`` row into ``uncertain``; the
-    next tap of that card resolves it with GET TRANSACTION PROOF.
+    next tap of that card resolves it with GET TRANSACTION PROOF. A committed money
+    attempt also keeps its receipt and, once the caller printed or showed it, when it
+    was delivered (schema 2; outside the hash chain, see docs/terminal.md).
 
 ``journal``
     the outcomes the host must hear of: gap-free sequence numbers, each entry
@@ -124,7 +126,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
                 document TEXT)""",
         ],
     ),
+    (
+        2,
+        "receipt of each attempt and when it was handed over",
+        [
+            # Outside the hash chain on purpose: the journal entries (hashed, SAM-signed)
+            # stay as they are; an attempt row is the terminal's own working record.
+            """ALTER TABLE attempts ADD COLUMN receipt TEXT""",
+            """ALTER TABLE attempts ADD COLUMN receipt_delivered INTEGER""",
+            # Attempts finished by older software: whether their receipt was printed is not
+            # known; they count as delivered, so that none of them can absorb a new load.
+            """UPDATE attempts SET receipt_delivered = updated WHERE state = 'committed'""",
+        ],
+    ),
 ]
+
+# The attempts that end in a receipt for the customer.
+RECEIPT_KINDS = ("debit", "cancel", "load", "online")
 
 
 # --- crash injection ----------------------------------------------------------------------------
@@ -301,11 +319,13 @@ class Attempt:
     decline_code: int | None
     detail: str
     journal_seq: int | None
+    receipt: str | None = None  # the receipt as JSON (receipts.to_json), once committed
+    receipt_delivered: int | None = None  # when the caller handed it over (printed, shown)
 
 
 _ATTEMPT_COLS = (
     "id, kind, state, created, card_id, tx_type, amount, split, currency, request, "
-    "reference, decline_code, detail, journal_seq"
+    "reference, decline_code, detail, journal_seq, receipt, receipt_delivered"
 )
 
 
@@ -313,6 +333,7 @@ def _attempt(row: Sequence[Any]) -> Attempt:
     return Attempt(
         row[0], row[1], row[2], row[3], bytes.fromhex(row[4]), row[5], row[6], row[7], row[8],
         None if row[9] is None else bytes(row[9]), row[10], row[11], row[12], row[13],
+        row[14], row[15],
     )
 
 
@@ -463,13 +484,14 @@ class Journal:
         detail: str = "",
         journal_seq: int | None = None,
         was_open: bool = True,
+        receipt: str | None = None,
     ) -> None:
         if state not in (COMMITTED, UNCERTAIN, DECLINED):
             raise ValueError(state)
         tx.execute(
             "UPDATE attempts SET state = ?, updated = ?, decline_code = ?, detail = ?, "
-            "journal_seq = ? WHERE id = ?",
-            (state, now, decline_code, detail, journal_seq, attempt),
+            "journal_seq = ?, receipt = ? WHERE id = ?",
+            (state, now, decline_code, detail, journal_seq, receipt, attempt),
         )
         if state == UNCERTAIN or not was_open:
             return
@@ -503,6 +525,31 @@ class Journal:
                 (card_id.hex(),),
             )
         return [_attempt(r) for r in rows]
+
+    def last_receipt_attempt(self) -> Attempt | None:
+        """The terminal's most recent attempt that ends in a receipt (whatever its state)."""
+        row = self.db.conn.execute(
+            f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE kind IN "
+            f"({', '.join('?' * len(RECEIPT_KINDS))}) ORDER BY id DESC LIMIT 1",
+            RECEIPT_KINDS,
+        ).fetchone()
+        return None if row is None else _attempt(row)
+
+    def receipt_attempt(self, journal_seq: int) -> Attempt | None:
+        row = self.db.conn.execute(
+            f"SELECT {_ATTEMPT_COLS} FROM attempts WHERE journal_seq = ? AND receipt IS NOT NULL",
+            (journal_seq,),
+        ).fetchone()
+        return None if row is None else _attempt(row)
+
+    def mark_delivered(self, tx: Tx, attempt_id: int, now: int) -> bool:
+        """Record that the attempt's receipt was handed over. False if it already was."""
+        cur = tx.execute(
+            "UPDATE attempts SET receipt_delivered = ? "
+            "WHERE id = ? AND receipt IS NOT NULL AND receipt_delivered IS NULL",
+            (now, attempt_id),
+        )
+        return bool(cur.rowcount)
 
     def attempts(self, limit: int = 50) -> list[Attempt]:
         rows = self.db.query(
@@ -686,11 +733,14 @@ class Journal:
         if last is None:
             return 0
         n = tx.execute("DELETE FROM journal WHERE seq < ?", (stop,)).rowcount
-        # finished attempts whose outcome the host now has (or that never produced one)
+        # finished attempts whose outcome the host now has (or that never produced one);
+        # the newest attempt and the newest one with a receipt stay (a reprint, a retry)
         tx.execute(
             "DELETE FROM attempts WHERE state IN ('committed', 'declined') "
             "AND (journal_seq IS NULL OR journal_seq < ?) "
-            "AND id < (SELECT max(id) FROM attempts)",
+            "AND id < (SELECT max(id) FROM attempts) "
+            "AND id != (SELECT coalesce(max(id), 0) FROM attempts WHERE kind IN "
+            "('debit', 'cancel', 'load', 'online'))",
             (stop,),
         )
         Database.set_meta(tx, "chain_anchor_seq", str(last[0]))

@@ -9,9 +9,12 @@ A receipt exists only for an outcome the card has certainly committed.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 from dataclasses import dataclass
+from typing import Any
 
 from tallypurse.core.money import Currency, format_minor
+from tallypurse.core.money import currency as currency_of
 
 WIDTH = 32  # characters per line on a 58 mm printer
 
@@ -33,7 +36,8 @@ class Receipt:
     tac: bytes = b""
     journal_seq: int = 0
     reference: str = ""  # online authorisation code, load reference
-    recovered: bool = False  # completed at a later tap after an interruption
+    recovered: bool = False  # done before an interruption; handed over now, not charged again
+    copy: bool = False  # printed again on request (``tallypurse terminal reprint``)
 
     @property
     def total(self) -> int:
@@ -46,6 +50,29 @@ class Receipt:
     @property
     def tac_code(self) -> str:
         return short_tac(self.tac)
+
+
+def to_json(r: Receipt) -> str:
+    """The receipt as kept in the journal (attempts.receipt), to hand it over again."""
+    doc: dict[str, Any] = {
+        "kind": r.kind, "merchant": r.merchant, "terminal_id": r.terminal_id.hex(),
+        "time": r.time, "card_id": r.card_id.hex(), "currency": r.currency.code,
+        "tx_type": r.tx_type, "purse_amount": r.purse_amount, "online_amount": r.online_amount,
+        "online_pending": r.online_pending, "balance_after": r.balance_after, "atc": r.atc,
+        "tac": r.tac.hex(), "journal_seq": r.journal_seq, "reference": r.reference,
+    }
+    return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+
+def from_json(text: str) -> Receipt:
+    d = json.loads(text)
+    return Receipt(
+        kind=d["kind"], merchant=d["merchant"], terminal_id=bytes.fromhex(d["terminal_id"]),
+        time=d["time"], card_id=bytes.fromhex(d["card_id"]), currency=currency_of(d["currency"]),
+        tx_type=d["tx_type"], purse_amount=d["purse_amount"], online_amount=d["online_amount"],
+        online_pending=d["online_pending"], balance_after=d["balance_after"], atc=d["atc"],
+        tac=bytes.fromhex(d["tac"]), journal_seq=d["journal_seq"], reference=d["reference"],
+    )
 
 
 def mask_card(card_id: bytes) -> str:
@@ -104,7 +131,10 @@ def lines(r: Receipt) -> list[str]:
         out.append(_line("ref", r.reference[:WIDTH - 4]))
     out.append(_line("journal", str(r.journal_seq)))
     if r.recovered:
-        out.append("completed after an interrupted tap")
+        out.append("RECOVERED: done before an")
+        out.append("interruption, not charged again")
+    if r.copy:
+        out.append("COPY: printed again")
     return out
 
 

@@ -110,6 +110,9 @@ def status_lines(data: dict[str, Any], host_state: str) -> list[str]:
                        else f"v{s['version']}, age {age(s['age_s'])}"))
     out.append(row("sync", age(data["last_sync_age_s"])
                    + (" ago" if data["last_sync"] is not None else "")))
+    if data.get("undelivered_receipt"):
+        u = data["undelivered_receipt"]
+        out.append(row("receipt", f"entry {u['journal_seq']} NOT GIVEN - F10"))
     last = data["last_close"]
     if last:
         out.append(row("close", "TOTALS MISMATCH" if last.get("mismatch")
@@ -129,6 +132,7 @@ class Outcome:
     host_state: str | None = None  # online / offline, when the action learnt it
     clear_amount: bool = False
     status: dict[str, Any] | None = None
+    handed: receipts.Receipt | None = None  # marked delivered once it is on the screen
 
 
 def _tap_lines(result: TapResult) -> list[str]:
@@ -180,6 +184,7 @@ class CashierApp(App[None]):
         Binding("f7", "next_type", "Type"),
         Binding("f8", "next_mode", "Mode"),
         Binding("f9", "close_day", "Close"),
+        Binding("f10", "reprint", "Reprint"),
         Binding("escape", "clear", "Clear", show=False),
         Binding("ctrl+q", "quit", "Quit", priority=True),
     ]
@@ -323,6 +328,16 @@ class CashierApp(App[None]):
     def action_resolve(self) -> None:
         self._run("TAP: write-backs and interrupted payments", lambda t, r: t.resolve(r))
 
+    def action_reprint(self) -> None:
+        self._start("REPRINT the last receipt", self._reprint)
+
+    def _reprint(self) -> Outcome:
+        r = self.terminal.last_receipt()
+        if r is None:
+            return Outcome(REFUSED, "NO RECEIPT TO PRINT AGAIN", ["nothing was done"])
+        return Outcome(APPROVED, f"COPY of journal entry {r.journal_seq}",
+                       ["printed again; nothing was charged"], receipts.text(r), handed=r)
+
     def action_sync(self) -> None:
         self._start("SYNC with the host", self._sync)
 
@@ -401,7 +416,7 @@ class CashierApp(App[None]):
                          "(nothing new was charged)")
         state = "online" if r.kind in ("online purchase", "load") else None
         return Outcome(APPROVED, headline, lines, receipts.text(r), host_state=state,
-                       clear_amount=r.kind != "cancel")
+                       clear_amount=r.kind != "cancel", handed=r)
 
     def _sync(self) -> Outcome:
         try:
@@ -449,6 +464,13 @@ class CashierApp(App[None]):
                 amount.value = ""
             amount.focus()  # ready for the next amount
             self._show(result)
+            if result.handed is not None:  # on the screen now: the cashier has it
+                try:
+                    self.terminal.receipt_delivered(result.handed)
+                    result.status = self.terminal.status()
+                except TallypurseError as exc:
+                    self.notify(f"receipt not marked delivered: {exc.message}",
+                                severity="warning")
             if result.status is not None:
                 self._show_status(result.status)
         elif event.state in (WorkerState.ERROR, WorkerState.CANCELLED):
