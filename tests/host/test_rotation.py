@@ -107,7 +107,13 @@ def site(tmp_path: Path, database: Database, monkeypatch: pytest.MonkeyPatch) ->
 
 def pay(till: Till, card: Card, amount: int) -> int:
     result = till.terminal.purchase(till.reader(card), amount, tx_type="canteen")
+    till.terminal.receipt_delivered(result.receipt)  # handed to the customer
     return result.receipt.balance_after
+
+
+def load(till: Till, card: Card, amount: int, funding: str = "cash") -> None:
+    result = till.terminal.load(till.reader(card), amount, funding=funding)
+    till.terminal.receipt_delivered(result.receipt)  # handed to the customer
 
 
 def test_rotation_day(site: Site) -> None:
@@ -120,7 +126,7 @@ def test_rotation_day(site: Site) -> None:
     old_card = site.card("00000000000000a1", holder)  # re-keyed later
     stray_card = site.card("00000000000000a2", holder)  # never re-keyed
     for card in (old_card, stray_card):
-        old_till.terminal.load(old_till.reader(card), 5_000, funding="cash")
+        load(old_till, card, 5_000, "cash")
         pay(old_till, card, 100)
     with site.eh.host.uow() as uow:
         params_v1 = site.eh.host.tms.parameters(uow.session)
@@ -165,7 +171,7 @@ def test_rotation_day(site: Site) -> None:
     # under the card's root)
     for till in (old_till, new_till):
         for card in (old_card, stray_card, new_card):
-            till.terminal.load(till.reader(card), 1_000, funding="online_account")
+            load(till, card, 1_000, "online_account")
             pay(till, card, 250)
     # a write-back sealed under the old APP key still reaches the old card
     host.registry.set_card_status("00000000000000a1", "blocked")
@@ -225,7 +231,7 @@ def test_rotation_day(site: Site) -> None:
     # re-keyed and new cards keep paying, loading and clearing
     for till in (old_till, new_till):
         for card in (old_card, new_card):
-            till.terminal.load(till.reader(card), 500, funding="cash")
+            load(till, card, 500, "cash")
             pay(till, card, 100)
     # the card never re-keyed still holds only issuer-root/1: every terminal is refused
     with pytest.raises(Declined) as refused:
@@ -264,7 +270,7 @@ def test_a_running_host_follows_the_ceremonies_without_a_restart(site: Site) -> 
                                              bic="COBADEFFXXX", merchant_id="kiosk")
     till = site.till("till", merchant, "00000000000000c3")
     old_card = site.card("00000000000000a3", host.registry.create_cardholder("Bo", "EUR"))
-    till.terminal.load(till.reader(old_card), 2_000, funding="cash")
+    load(till, old_card, 2_000, "cash")
     for name in (ISSUER_ROOT, HOST_LIST, HOST_LOAD):
         keys("rotate", name, "--keystore", site.keystore, "--operator", "ops",
              "--reason", "rotate while serving")
@@ -274,7 +280,7 @@ def test_a_running_host_follows_the_ceremonies_without_a_restart(site: Site) -> 
     new_card = site.card("00000000000000b3", host.registry.create_cardholder("Cy", "EUR"))
     assert read_card_keys(new_card).root == KeyRef(ISSUER_ROOT, 2)
     for card in (old_card, new_card):
-        till.terminal.load(till.reader(card), 1_000, funding="cash")
+        load(till, card, 1_000, "cash")
         pay(till, card, 300)
     keys("revoke", "host-list/1", "--keystore", site.keystore, "--operator", "ops",
          "--reason", "retire while serving")
