@@ -95,6 +95,34 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield db
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database of its own migrated to revision 0004 only (to test later migrations)."""
+    if request.param == "sqlite":
+        db = Database.connect(f"sqlite:///{tmp_path / 'old.sqlite3'}")
+        upgrade(db, "0004")
+        yield db
+        db.dispose()
+        return
+    schema = f"tp_mig_{os.getpid()}_{secrets.token_hex(3)}"
+    try:
+        admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except sa.exc.OperationalError as exc:
+        pytest.skip(f"PostgreSQL at {PG_URL} is unreachable ({exc.__class__.__name__}); "
+                    "start it or set TALLYPURSE_TEST_PG to run the PostgreSQL tests")
+    db = Database.connect(PG_URL, schema=schema)
+    try:
+        upgrade(db, "0004")
+        yield db
+    finally:
+        db.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
 @pytest.fixture
 def clock(lab: Lab) -> Clock:
     return Clock(lab.now + 3600)

@@ -24,7 +24,6 @@ from tallypurse.host.db.models import AuditHead, AuditRecord
 from tallypurse.host.service import Host
 from tallypurse.lab import Lab
 
-from .conftest import PG_URL
 from .test_cli import db_url
 
 runner = CliRunner()
@@ -183,32 +182,7 @@ ROWS = [(i, 1_700_000_000 + i, f"olga{i}", "operator", "card.block", f"{i:016x}"
          "done", "", "console") for i in (1, 2, 4, 7)]  # gaps, as a sequence leaves them
 
 
-@pytest.fixture
-def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A database migrated to 0004 only, with audit rows written before the chain."""
-    if request.param == "sqlite":
-        db = Database.connect(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-        upgrade(db, "0004")
-        yield db
-        db.dispose()
-        return
-    schema = f"tp_mig_{tmp_path.name[-12:].lower().replace('-', '_')}"
-    try:
-        admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    except sa.exc.OperationalError:
-        pytest.skip("PostgreSQL is unreachable")
-    db = Database.connect(PG_URL, schema=schema)
-    upgrade(db, "0004")
-    yield db
-    db.dispose()
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
-
-@pytest.mark.parametrize("at_0004", ["sqlite", "postgresql"], indirect=True)
 def test_the_migration_chains_the_rows_already_there(at_0004: Database, lab: Lab) -> None:
     db = at_0004
     with db.engine.begin() as conn:

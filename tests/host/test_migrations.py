@@ -3,12 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
-import secrets
-from collections.abc import Iterator
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -16,8 +11,6 @@ from alembic.runtime.migration import MigrationContext
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import current_revision, downgrade, head_revision, upgrade
 from tallypurse.host.db.models import Base
-
-from .conftest import PG_URL
 
 
 def test_the_migrations_match_the_models(database: Database) -> None:
@@ -31,29 +24,6 @@ def test_migrating_again_is_a_no_op(database: Database) -> None:
     assert current_revision(database) == head_revision()
     assert upgrade(database) == head_revision()
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A database of its own migrated to revision 0004 only."""
-    if request.param == "sqlite":
-        db = Database.connect(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-        upgrade(db, "0004")
-        yield db
-        db.dispose()
-        return
-    admin = sa.create_engine(PG_URL, connect_args={"connect_timeout": 3})
-    schema = f"tp_mig_{os.getpid()}_{secrets.token_hex(3)}"
-    with admin.begin() as conn:
-        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
-    db = Database.connect(PG_URL, schema=schema)
-    try:
-        upgrade(db, "0004")
-        yield db
-    finally:
-        db.dispose()
-        with admin.begin() as conn:
-            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
 
 
 def test_0007_links_the_events_cleared_before_it_to_their_own_transactions(
