@@ -37,7 +37,11 @@ of the batch without its ``signature`` field.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import functools
+import hashlib
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ from http_message_signatures import (
 from http_message_signatures.structures import VerifyResult
 
 from tallypurse.core import crypto
-from tallypurse.core.errors import CryptoError
+from tallypurse.core.errors import CryptoError, DecodeError
 from tallypurse.core.hostapi import BatchUpload, canonical
 from tallypurse.core.samproto import PURPOSE_REQUEST, domain
 
@@ -154,7 +158,7 @@ class _Keys(HTTPSignatureKeyResolver):
         except Exception as exc:
             self.refusal = exc  # the caller's own refusal ("unknown terminal"), passed through
             raise
-        return crypto.decode_public_key(point)
+        return _public_key(point)
 
     def resolve_private_key(self, key_id: str) -> Any:  # pragma: no cover
         raise HTTPMessageSignaturesException("no private keys here")
@@ -190,6 +194,67 @@ def verify_request(
         raise SignatureError("missing", "the request is not signed (Signature-Input, Signature)")
     if "content-digest" not in lowered:
         raise SignatureError("missing", "the request has no Content-Digest")
+    params = _verify_canonical(method, url, lowered, body, resolve_key)
+    if params is None:
+        params = _verify_general(method, url, headers, body, resolve_key)
+    created, nonce, alg = params.get("created"), params.get("nonce"), params.get("alg")
+    if alg is not None and alg != ALGORITHM:
+        raise SignatureError("invalid", f"algorithm must be {ALGORITHM}")
+    if not isinstance(created, int):
+        raise SignatureError("invalid", "the signature has no created time")
+    if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
+        raise SignatureError("invalid", "the signature needs a nonce of 16..64 characters")
+    if created < now - max_age or created > now + skew:
+        raise SignatureError("stale", f"signature created at {created}, host time is {now}")
+    return Verified(str(params.get("keyid", "")), created, nonce)
+
+
+# The headers exactly as :func:`sign_request` writes them (every terminal signs through it).
+_CANONICAL_INPUT = re.compile(
+    r'tp=(\("@method" "@target-uri" "content-digest"\);created=([0-9]{1,15});'
+    r'keyid="([0-9a-f]{1,64})";alg="ecdsa-p256-sha256";nonce="([0-9a-f]{16,64})";'
+    r'tag="tallypurse-sam")')
+_CANONICAL_SIGNATURE = re.compile(r"tp=:([A-Za-z0-9+/]{86}==):")
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key(point: bytes) -> Any:
+    """A decoded public key (decoding a point costs about as much as a verification)."""
+    return crypto.decode_public_key(point)
+
+
+def _verify_canonical(method: str, url: str, lowered: Mapping[str, str], body: bytes,
+                      resolve_key: Callable[[str], bytes]) -> dict[str, Any] | None:
+    """The usual request, checked without the general RFC 9421 parser: headers in
+    exactly the form :func:`sign_request` writes, a Content-Digest that matches the
+    body and a signature that verifies. The same signature base as the general path
+    (RFC 9421 section 2.5: the signature parameters serialised as they were sent, the
+    only serialisation of these parameters). None for anything else: the general
+    path then checks the request and says what is wrong."""
+    sig_input = _CANONICAL_INPUT.fullmatch(lowered["signature-input"])
+    signature = _CANONICAL_SIGNATURE.fullmatch(lowered["signature"])
+    digest = lowered["content-digest"]
+    if (sig_input is None or signature is None or not url.isprintable()
+            or digest != "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode()
+            + ":"):
+        return None
+    params, created, key_id, nonce = sig_input.groups()
+    point = resolve_key(key_id)  # its refusal passes through, as on the general path
+    base = (f'"@method": {method.upper()}\n"@target-uri": {url}\n'
+            f'"content-digest": {digest}\n"@signature-params": {params}')
+    try:
+        key = _public_key(point)
+    except DecodeError:
+        return None  # the general path says so
+    if not crypto.verify(key, base64.b64decode(signature.group(1)), PREFIX + base.encode()):
+        return None
+    return {"created": int(created), "keyid": key_id, "alg": ALGORITHM, "nonce": nonce,
+            "tag": TAG}
+
+
+def _verify_general(method: str, url: str, headers: Mapping[str, str], body: bytes,
+                    resolve_key: Callable[[str], bytes]) -> dict[str, Any]:
+    """Any RFC 9421 form, with the ``http-message-signatures`` verifier."""
     message = _Message(method, url, headers)
     keys = _Keys(resolve_key)
     verifier = _Verifier(signature_algorithm=SamP256, key_resolver=keys)
@@ -207,17 +272,7 @@ def verify_request(
         raise SignatureError("invalid", f"malformed signature headers: {exc}") from None
     if len(results) != 1:
         raise SignatureError("invalid", "exactly one tallypurse signature is expected")
-    params = results[0].parameters
-    created, nonce, alg = params.get("created"), params.get("nonce"), params.get("alg")
-    if alg is not None and alg != ALGORITHM:
-        raise SignatureError("invalid", f"algorithm must be {ALGORITHM}")
-    if not isinstance(created, int):
-        raise SignatureError("invalid", "the signature has no created time")
-    if not isinstance(nonce, str) or not 16 <= len(nonce) <= 64:
-        raise SignatureError("invalid", "the signature needs a nonce of 16..64 characters")
-    if created < now - max_age or created > now + skew:
-        raise SignatureError("stale", f"signature created at {created}, host time is {now}")
-    return Verified(str(params.get("keyid", "")), created, nonce)
+    return dict(results[0].parameters)
 
 
 def batch_signed_bytes(batch: BatchUpload) -> bytes:
