@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.errors import BadInput, DecodeError
@@ -32,7 +32,8 @@ from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
 from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
 from tallypurse.core.protocol import EventKind, TxType
 from tallypurse.host.bank import BankAnswer, BankUnavailable, DirectDebit, Outcome
-from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt, table
+from tallypurse.host.db.bulk import plain
+from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt
 from tallypurse.host.errors import (
     CONFLICT,
     CURRENCY_MISMATCH,
@@ -113,12 +114,21 @@ WHERE t.terminal_id = :terminal_id
 """)
 RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
                     "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
+# The common case's rows, written with the driver's own cursor (db.bulk.plain).
+INSERT_DEBT = (
+    "INSERT INTO debts (id, card_id, atc, amount, currency, terminal_id, merchant_id, "
+    "cardholder_id, tx_type, idempotency_key, payload_hash, status, origin, event_time, "
+    "created, updated, collection_since, repaid) VALUES (:id, :card_id, :atc, :amount, "
+    ":currency, :terminal_id, :merchant_id, :cardholder_id, :tx_type, :idempotency_key, "
+    ":payload_hash, :status, :origin, :event_time, :created, :updated, NULL, 0)")
+INSERT_CREDIT_EVENT = (
+    "INSERT INTO credit_events (cardholder_id, card_id, kind, amount, reference, created) "
+    "VALUES (:cardholder_id, :card_id, :kind, :amount, :reference, :created)")
 
 
 def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
     """Record a request's nonce in the caller's transaction; REPLAY if it was seen before."""
-    result: Any = s.connection().execute(RECORD_NONCE, {"key_id": key_id, "nonce": nonce,
-                                                        "created": now})
+    result = plain(s, RECORD_NONCE.text, {"key_id": key_id, "nonce": nonce, "created": now})
     if result.rowcount != 1:
         raise HostError(REPLAY, "this request was seen before (nonce reused)")
 
@@ -172,7 +182,7 @@ class AgentDebits:
         now = self.host.now()
         with self.host.uow() as uow:
             s = uow.session
-            row = s.connection().execute(DEBIT_READ, {
+            row = plain(s, DEBIT_READ.text, {
                 "terminal_id": terminal_id, "card_id": req.card_id,
                 "key": req.idempotency_key, "atc": req.atc}).first()
             if row is None:
@@ -240,19 +250,18 @@ class AgentDebits:
         written) when the online account is short."""
         assert card.cardholder_id is not None
         lock = " FOR UPDATE" if self.host.db.postgres else ""
-        conn = s.connection()  # plain statements: nothing of the ORM is pending here
-        balance = conn.execute(text(f"SELECT balance FROM accounts WHERE id = :id{lock}"),
-                               {"id": row.online_id}).scalar_one()
+        # plain statements: nothing of the ORM is pending here
+        balance = plain(s, f"SELECT balance FROM accounts WHERE id = :id{lock}",
+                        {"id": row.online_id}).scalar()
         if -int(balance) < req.amount:
             return None
         debt_id = new_id("debt")
-        conn.execute(insert(table(Debt)), {
+        plain(s, INSERT_DEBT, {
             "id": debt_id, "card_id": card.card_id, "atc": event.atc, "amount": event.split,
             "currency": card.currency, "terminal_id": terminal_id, "merchant_id": merchant_id,
             "cardholder_id": card.cardholder_id, "tx_type": event.tx_type,
             "idempotency_key": req.idempotency_key, "payload_hash": digest, "status": "settled",
-            "origin": "agent", "event_time": event.time, "created": now, "updated": now,
-            "collection_since": None, "repaid": 0})
+            "origin": "agent", "event_time": event.time, "created": now, "updated": now})
         receivable = Acct.system(Kind.CREDIT_RECEIVABLE, card.currency)
         payable = Acct(Kind.MERCHANT_PAYABLE, merchant_id, card.currency)
         online = Acct(Kind.ONLINE, card.cardholder_id, card.currency)
@@ -265,7 +274,7 @@ class AgentDebits:
                   value_time=now, card_id=card.card_id),
         ], known={receivable: int(row.receivable_id), payable: int(row.payable_id),
                   online: int(row.online_id)})
-        conn.execute(insert(table(CreditEvent)), {
+        plain(s, INSERT_CREDIT_EVENT, {
             "cardholder_id": card.cardholder_id, "card_id": card.card_id,
             "kind": "debt_settled_online", "amount": event.split, "reference": debt_id,
             "created": now})

@@ -38,13 +38,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, event, func, select, update
+from sqlalchemy import event, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, SessionTransaction
 
 from tallypurse.core.errors import TallypurseError
 from tallypurse.host.db import bulk
-from tallypurse.host.db.models import Account, LedgerTransaction, Posting, table
+from tallypurse.host.db.models import Account, LedgerTransaction, Posting
 
 
 class Kind(StrEnum):
@@ -293,10 +293,8 @@ class Ledger:
             bulk.update(s, "accounts", ("id", "bigint"),
                         [("balance", "bigint", "{t} + {v}")], changes)
             return
-        accounts = table(Account)
-        s.execute(update(accounts).where(accounts.c.id == bindparam("b_id"))
-                  .values(balance=accounts.c.balance + bindparam("b_delta")),
-                  [{"b_id": aid, "b_delta": d} for aid, d in changes])
+        bulk.plain_many(s, "UPDATE accounts SET balance = balance + :delta WHERE id = :id",
+                        [{"id": aid, "delta": d} for aid, d in changes])
 
     def exists(self, kind: str, reference: str) -> bool:
         return self.session.scalar(

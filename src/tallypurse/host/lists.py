@@ -30,12 +30,13 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.hostapi import ActionEntry, BlacklistEntry, SignedList
+from tallypurse.host.db.bulk import plain_many
 from tallypurse.host.db.engine import after_commit
-from tallypurse.host.db.models import Card, ListEntry, ListHead, table
+from tallypurse.host.db.models import Card, ListEntry, ListHead
 
 from .common import log
 
@@ -46,6 +47,9 @@ ListName = Literal["blacklist", "actions"]
 BLACKLIST: ListName = "blacklist"
 ACTIONS: ListName = "actions"
 NAMES: tuple[ListName, ...] = (ACTIONS, BLACKLIST)  # the order heads are locked in
+INSERT_ENTRY = ("INSERT INTO list_entries (list_name, version, card_id, op, reason, action_id, "
+                "kind, seq, sealed, created) VALUES (:list_name, NULL, :card_id, :op, :reason, "
+                ":action_id, :kind, :seq, :sealed, :created)")
 PUBLISH_EVERY_S = 0.05  # a hot writer (agent debits) publishes at most this often per process
 
 
@@ -66,9 +70,9 @@ class Lists:
         if not entries:
             return
         now = self.host.now()
-        rows = [{"list_name": name, "version": None, "created": now, "reason": "", **e}
-                for e in entries]
-        session.connection().execute(insert(table(ListEntry)), rows)
+        rows = [{"list_name": name, "created": now, "reason": "", "action_id": None,
+                 "kind": None, "seq": None, "sealed": None, **e} for e in entries]
+        plain_many(session, INSERT_ENTRY, rows)  # the driver's own cursor: the hot path
         after_commit(session, f"lists.publish.{name}{'.hot' if hot else ''}",
                      (lambda: self._publish_after_commit(name, hot)))
 

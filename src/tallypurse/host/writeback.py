@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from sqlalchemy import insert, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -23,7 +23,8 @@ from tallypurse.core.errors import DecodeError
 from tallypurse.core.hostapi import WriteBackReport
 from tallypurse.core.messages import WriteBackHeader, WriteBackReceipt, receipt_mac, seal_writeback
 from tallypurse.core.protocol import WriteBackAction as Action
-from tallypurse.host.db.models import Card, table
+from tallypurse.host.db.bulk import plain
+from tallypurse.host.db.models import Card
 from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.errors import NOT_FOUND, RECORD_INVALID, RECORD_MISMATCH, HostError
 from tallypurse.host.lists import ACTIONS
@@ -45,6 +46,10 @@ KINDS: dict[str, Action] = {
 
 NEXT_SEQ = text("UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = :card_id "
                 "RETURNING writeback_seq")
+INSERT_ACTION = (
+    "INSERT INTO writeback_actions (action_id, card_id, kind, seq, payload, sealed, status, "
+    "debt_id, created, applied_at, receipt) VALUES (:action_id, :card_id, :kind, :seq, "
+    ":payload, :sealed, 'pending', :debt_id, :created, NULL, NULL)")
 
 
 class CardKeys(Protocol):
@@ -78,7 +83,7 @@ class WriteBacks:
         return key
 
     def _next_seq(self, session: Session, card: CardKeys) -> int:
-        seq = int(session.connection().execute(NEXT_SEQ, {"card_id": card.card_id}).scalar_one())
+        seq = int(plain(session, NEXT_SEQ.text, {"card_id": card.card_id}).scalar())
         if isinstance(card, Card):  # the row in the session: the value the database holds
             set_committed_value(card, "writeback_seq", seq)
         return seq
@@ -93,11 +98,10 @@ class WriteBacks:
         sealed = seal_writeback(self._key(card), WriteBackHeader(bytes.fromhex(card.card_id), seq,
                                                                  int(KINDS[kind])), payload)
         done = Published(f"wb-{card.card_id}-{seq}", card.card_id, kind, seq, sealed.hex())
-        session.connection().execute(insert(table(ActionRow)), {
+        plain(session, INSERT_ACTION, {
             "action_id": done.action_id, "card_id": card.card_id, "kind": kind, "seq": seq,
-            "payload": payload.hex(), "sealed": done.sealed, "status": "pending",
-            "debt_id": debt_id, "created": self.host.now(), "applied_at": None,
-            "receipt": None})
+            "payload": payload.hex(), "sealed": done.sealed, "debt_id": debt_id,
+            "created": self.host.now()})
         self.host.lists.append(session, ACTIONS, [self._entry(done, "add")], hot=hot)
         log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
         return done

@@ -16,7 +16,9 @@ flush the session: callers flush first when pending ORM changes matter.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy.exc import DBAPIError
@@ -64,9 +66,58 @@ class _Cursor:
     def fetchall(self) -> list[Any]:
         return list(self.cursor.fetchall())
 
+    @property
+    def rowcount(self) -> int:
+        return int(self.cursor.rowcount)
+
+    def scalar(self) -> Any:
+        """The first column of the first row (a statement that returns exactly one row)."""
+        row = self.cursor.fetchone()
+        if row is None:
+            raise LookupError("the statement returned no row")
+        return row[0]
+
+    def first(self) -> Any:
+        """The first row with its columns as attributes, or None."""
+        row = self.cursor.fetchone()
+        if row is None:
+            return None
+        return SimpleNamespace(**{d[0]: v for d, v in zip(self.cursor.description, row,
+                                                          strict=True)})
+
 
 def _cursor(s: Session) -> _Cursor:
     return _Cursor(s)
+
+
+_NAMED = re.compile(r"(?<![:\w]):(\w+)")
+_DRIVER_SQL: dict[tuple[str, str], str] = {}
+
+
+def plain(s: Session, sql: str, params: Mapping[str, Any]) -> _Cursor:
+    """One statement with ``:name`` parameters (as ``sqlalchemy.text`` writes them) on the
+    driver's own cursor, in the session's transaction: none of SQLAlchemy's per-statement
+    work (compiling, parameter processing, result objects), for the hot paths. Values go
+    to the driver as they are (ints, strings, None). Does not flush the session."""
+    cur = _cursor(s)
+    cur.execute(_driver_sql(cur.dialect.name, sql), params)
+    return cur
+
+
+def plain_many(s: Session, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
+    """:func:`plain` once per row (``executemany``: one round trip on PostgreSQL)."""
+    cur = _cursor(s)
+    cur.executemany(_driver_sql(cur.dialect.name, sql), rows)
+
+
+def _driver_sql(dialect: str, sql: str) -> str:
+    driver_sql = _DRIVER_SQL.get((dialect, sql))
+    if driver_sql is None:
+        # psycopg takes %(name)s (and a literal % doubled); sqlite3 takes :name itself
+        driver_sql = (_NAMED.sub(r"%(\1)s", sql.replace("%", "%%")) if dialect == "postgresql"
+                      else sql)
+        _DRIVER_SQL[(dialect, sql)] = driver_sql
+    return driver_sql
 
 
 def _arrays(width: int, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], ...]:
