@@ -234,9 +234,9 @@ def _verify_canonical(method: str, url: str, lowered: Mapping[str, str], body: b
     sig_input = _CANONICAL_INPUT.fullmatch(lowered["signature-input"])
     signature = _CANONICAL_SIGNATURE.fullmatch(lowered["signature"])
     digest = lowered["content-digest"]
+    expected = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
     if (sig_input is None or signature is None or not url.isprintable()
-            or digest != "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode()
-            + ":"):
+            or not crypto.constant_time_equal(digest.encode(), expected.encode())):
         return None
     params, created, key_id, nonce = sig_input.groups()
     point = resolve_key(key_id)  # its refusal passes through, as on the general path
