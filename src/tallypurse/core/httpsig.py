@@ -12,7 +12,10 @@ How the signature base meets the SAM
 ------------------------------------
 The signature base is built exactly as RFC 9421 section 2.5 says (by the
 ``http-message-signatures`` package): one line per covered component and the
-``@signature-params`` line, ASCII, no trailing newline. The SAM never hands
+``@signature-params`` line, ASCII, no trailing newline. The host checks a request
+whose headers are in exactly the form :func:`sign_request` writes by building that
+base itself (no structured-field parser on the hot path); any other form goes to
+the package's general verifier. The SAM never hands
 out its key and only signs under a purpose prefix (:mod:`tallypurse.core.samproto`),
 so the terminal passes the signature base to ``Sam.sign(base,
 purpose=PURPOSE_REQUEST)``, which signs ECDSA P-256/SHA-256 over::

@@ -9,6 +9,9 @@ through ``executemany``.
 Rows are sequences of plain Python values in the order of ``columns``; a
 column is ``(name, PostgreSQL type)``.
 
+:func:`plain` and :func:`plain_many` run single statements the same way (the
+agent debit's hot path), with ``:name`` parameters on either database.
+
 These functions run on the session's connection, in its transaction, through
 the driver's own cursor (no SQLAlchemy result objects per row), and do not
 flush the session: callers flush first when pending ORM changes matter.
