@@ -179,7 +179,12 @@ def test_the_operator_reads_the_day_blocks_a_card_and_pays_the_merchants(
     page.wait_for_url("**/cards")
     page.wait_for_load_state("networkidle")
     page.wait_for_function("() => window.htmx !== undefined && document.readyState === 'complete'")
-    page.fill("input[name=q]", "lovelace")
+    # wait for the search's own answer (however slow a loaded machine makes it), and say
+    # what it was if it was not the results
+    with page.expect_response(lambda r: "/cards?" in r.url and "q=lovelace" in r.url,
+                              timeout=30_000) as searched:
+        page.fill("input[name=q]", "lovelace")
+    assert searched.value.status == 200, (searched.value.status, searched.value.text()[:300])
     results = page.locator("#card-results")
     expect(results).not_to_contain_text(live.seeded.cards["anon"])  # HTMX swapped them
     expect(results).to_contain_text(card_id)
