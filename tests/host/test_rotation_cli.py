@@ -196,6 +196,33 @@ def test_rekey_card_refuses_a_card_this_host_did_not_issue(
     assert digest(path) == before and log_records(data) == []
 
 
+def test_rekey_card_refuses_a_certificate_for_another_key_and_changes_nothing(
+        site: tuple[EmbeddedHost, Till], db_args: list[str], tmp_path: Path) -> None:
+    """The certificate under the new root is issued for the key the host registered at
+    issuance, never for one the card (or a reader in between) presents."""
+    eh, _ = site
+    data = eh.host.settings.data_dir
+    path, other = tmp_path / "card", tmp_path / "other.card"
+    issue_card(eh, bytes.fromhex("00000000000000f3"), cardholder_id=None, path=path)
+    issue_card(eh, bytes.fromhex("00000000000000f4"), cardholder_id=None, path=other)
+    with eh.host.uow() as uow:  # the host's record of f3 now names f4's key: a mismatch
+        f4 = eh.host.registry.card(uow.session, "00000000000000f4").public_key
+        eh.host.registry.card(uow.session, "00000000000000f3", lock=True).public_key = f4
+        uow.commit()
+    result = runner.invoke(app, ["keys", "rotate", ISSUER_ROOT, "--keystore",
+                                 str(data / "keystore"), "--operator", "ops",
+                                 "--reason", "rotation"])
+    assert result.exit_code == 0, result.output
+    rotations = len(log_records(data))
+    card_before, db_before = digest(path), host_state(eh)
+    result = runner.invoke(app, ["keys", "rekey-card", "--card-file", str(path), "--data-dir",
+                                 str(data), *db_args, "--operator", "ops", "--reason", "test"])
+    assert result.exit_code == 2, result.output
+    assert "another key" in result.stderr or "does not name the key" in result.stderr
+    assert digest(path) == card_before and host_state(eh) == db_before
+    assert len(log_records(data)) == rotations
+
+
 def test_every_ceremony_has_a_dry_run() -> None:
     not_ceremonies = {"list", "check-share", "verify-log"}
     group = typer.main.get_group(keys_cli.app)

@@ -258,18 +258,20 @@ class Registry:
         plan = plan_rekey(transport, self.host.keys)
         card_id = plan.before.card_id.hex()
         with self.host.uow() as uow:
-            self.card(uow.session, card_id)  # a card this host issued
+            registered = bytes.fromhex(self.card(uow.session, card_id).public_key)  # ours
         if dry_run or not plan.needed:
             return plan
-        plan, after = rekey_card(transport, self.host.keys, now=self.host.now())
+        plan, after = rekey_card(transport, self.host.keys, now=self.host.now(),
+                                 card_key=registered)
         c = certs.verify(after.certificate, self.host.roots(), role=CertRole.CARD,
                          at=certs.parse(after.certificate).not_before,
                          holder=plan.before.card_id)
         with self.host.uow() as uow:
             s = uow.session
             card = self.card(s, card_id, lock=True)
+            if c.public_key != registered:  # re-keying never changes the card's key pair
+                raise BadInput("the card answers with a certificate for another key")
             card.certificate = after.certificate.hex()
-            card.public_key = c.public_key.hex()
             resealed = 0
             if card.app_key_version != after.app_version:
                 card.app_key_version = after.app_version

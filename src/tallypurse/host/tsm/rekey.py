@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from tallypurse.core import cert, tlv
 from tallypurse.core import sw as SW
 from tallypurse.core.cert import KeyRef
-from tallypurse.core.errors import CardError
+from tallypurse.core.errors import BadInput, CardError
 from tallypurse.core.protocol import (
     ISD_AID,
     OPERATOR_SD_AID,
@@ -115,9 +115,13 @@ def read_card_keys(transport: CardTransport) -> CardKeys:
 
 
 def _credit_resign(held: CardKeys, ks: KeyStore) -> bool:
-    if held.credit is None:
+    """The card's credit record is signed with an older host list key: sign it again.
+    A record no host list key ever signed is never signed here (the card is not trusted
+    to say what its record is)."""
+    if held.credit is None or held.credit.verify(ks.public_key(ks.current(HOST_LIST))):
         return False
-    return not held.credit.verify(ks.public_key(ks.current(HOST_LIST)))
+    return any(held.credit.verify(ks.public_key(ref)) for ref in ks.refs()
+               if ref.name == HOST_LIST)
 
 
 def plan_rekey(transport: CardTransport, ks: KeyStore) -> RekeyPlan:
@@ -142,12 +146,19 @@ def plan_rekey(transport: CardTransport, ks: KeyStore) -> RekeyPlan:
     return RekeyPlan(held, isd, sd, app, root, steps)
 
 
-def rekey_card(transport: CardTransport, ks: KeyStore, *, now: int) -> tuple[RekeyPlan, CardKeys]:
+def rekey_card(transport: CardTransport, ks: KeyStore, *, now: int,
+               card_key: bytes) -> tuple[RekeyPlan, CardKeys]:
     """Bring the card's keys to the keystore's current versions; returns the plan carried
-    out and what the card holds afterwards (read back from the card)."""
+    out and what the card holds afterwards (read back from the card). ``card_key`` is the
+    card's public key as the host registered it at issuance: the certificate under the new
+    root is issued for that key only, never for one the card (or a reader) presents."""
     plan = plan_rekey(transport, ks)
     held = plan.before
     serial = held.card_id
+    presented = cert.parse(held.certificate)
+    if presented.public_key != card_key or presented.holder != serial:  # before any change
+        raise BadInput("the card's certificate does not name the key this host issued it "
+                       "with: nothing was changed")
     client = ApduClient(transport)
     if held.isd_version != plan.isd_version:
         channel = open_domain(client, ks, serial, ISD_AID)
@@ -162,7 +173,7 @@ def rekey_card(transport: CardTransport, ks: KeyStore, *, now: int) -> tuple[Rek
     if held.root != plan.root:
         old = cert.parse(held.certificate)
         renewed = ks.issue_certificate(holder=serial, role=CertRole.CARD,
-                                       public_key=old.public_key, not_before=old.not_before,
+                                       public_key=card_key, not_before=old.not_before,
                                        not_after=old.not_after)
         items.append((T_ISSUER_ROOT, tlv.encode(0x42, plan.root.encode())
                       + tlv.encode(0x86, ks.public_key(plan.root))))
