@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -166,3 +167,49 @@ def test_a_body_over_the_limit_is_refused_on_every_route(world: World, too_big: 
     assert world.host.audit.count() == before  # refused before any route or audit saw it
     small = world.http.post("/v1/ops/cardholders", json={"name": "Ada"}, headers=operator)
     assert small.status_code == 200
+
+
+def test_requests_side_by_side_cannot_all_pass_the_address_limit(world: World) -> None:
+    """The address's token is taken when a request arrives, not when it ends: with a
+    burst of 1, a second request arriving while the first is still in flight is refused."""
+    import asyncio
+
+    from tallypurse.host.api.guard import RequestGuard
+
+    limit(world, "address", 1)
+    in_flight = asyncio.Event()
+    release = asyncio.Event()
+    answers: list[int] = []
+
+    async def slow_app(scope: object, receive: object, send: Any) -> None:
+        in_flight.set()
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    guard = RequestGuard(slow_app, world.host)
+
+    def call() -> Any:
+        scope = {"type": "http", "method": "GET", "path": "/v1/ops/loads", "headers": [],
+                 "client": ("192.0.2.7", 4000)}
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answers.append(message["status"])
+
+        return guard(scope, receive, send)
+
+    async def scenario() -> None:
+        first = asyncio.create_task(call())
+        await in_flight.wait()
+        # arrives while the first is in flight (its token is taken): refused at once, or
+        # (were it let through) it would wait for the release and time out here
+        await asyncio.wait_for(call(), 5)
+        release.set()
+        await first
+
+    asyncio.run(scenario())
+    assert answers == [429, 200]

@@ -91,6 +91,16 @@ class TokenBuckets:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.limit.rate
 
+    def give_back(self, key: str) -> None:
+        """Return a token taken by :meth:`take` (the request was counted elsewhere)."""
+        if self.limit.rate == 0:
+            return
+        with self._lock:
+            now = self.clock()
+            if key in self._buckets:
+                self._buckets[key] = (min(float(self.limit.burst),
+                                          self._level(key, now) + 1.0), now)
+
     def wait(self, key: str) -> float:
         """The seconds until ``key`` has a token (0.0: it has one now); takes nothing."""
         if self.limit.rate == 0:

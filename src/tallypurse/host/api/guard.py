@@ -69,7 +69,9 @@ class RequestGuard:
             return
         limits = self.host.limits
         address = client_address(scope)
-        wait = limits.buckets["address"].wait(address)
+        # A token is taken on arrival, so that requests sent side by side cannot all pass
+        # a peek; it is given back when a proven identity was counted for the request.
+        wait = limits.buckets["address"].take(address)
         if wait > 0:
             limits.refused("address")
             seconds = retry_after(wait)
@@ -89,8 +91,8 @@ class RequestGuard:
             await self.app(scope, receive, send)
         finally:
             current.reset(token)
-            if not marker.kind:
-                limits.buckets["address"].take(address)
+            if marker.kind:
+                limits.buckets["address"].give_back(address)
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes | None:
         """The whole body, or None when it is (or says it is) over the limit."""
