@@ -21,6 +21,7 @@ from tallypurse.host.audit import GENESIS, row_hash
 from tallypurse.host.db.engine import Database
 from tallypurse.host.db.migrate import head_revision, upgrade
 from tallypurse.host.db.models import AuditHead, AuditRecord
+from tallypurse.host.errors import INTERNAL, HostError
 from tallypurse.host.service import Host
 from tallypurse.lab import Lab
 
@@ -124,6 +125,24 @@ def test_a_row_slipped_in_past_the_service_is_reported(host: Host) -> None:
         uow.commit()
     report = host.audit.verify()
     assert not report.ok and report.first_broken == 4 and "head" in report.problem
+
+
+def test_a_deleted_head_is_reported_and_not_made_again_by_the_next_append(
+        host: Host) -> None:
+    """Cutting rows off the end and deleting the head with them must not be healed by the
+    next operator action: the append refuses, and the audit names the missing head."""
+    fill(host, 3)
+    with host.uow() as uow:
+        uow.session.execute(sa.delete(AuditHead))
+        uow.commit()
+    report = host.audit.verify()
+    assert not report.ok and "head" in report.problem
+    with pytest.raises(HostError) as refused:
+        host.audit.record(actor="olga", role="operator", action="card.block", target="x")
+    assert refused.value.what is INTERNAL and "head" in refused.value.message
+    assert host.audit.count() == 3  # nothing appended
+    with host.uow() as uow:
+        assert uow.session.execute(sa.select(AuditHead)).first() is None
 
 
 def test_concurrent_appenders_never_fork_the_chain(host: Host) -> None:

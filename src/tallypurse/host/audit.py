@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from tallypurse.core import crypto
 from tallypurse.core.errors import BadInput
 from tallypurse.host.db.models import AuditHead, AuditRecord
+from tallypurse.host.errors import INTERNAL, HostError
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -108,11 +109,12 @@ class AuditLog:
         if self.host.db.postgres:
             session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": ADVISORY_LOCK})
         head = session.get(AuditHead, HEAD_ID, populate_existing=True)
-        if head is None:  # a log created before the chain's head existed, or emptied
-            last = session.execute(select(AuditRecord.id, AuditRecord.hash)
-                                   .order_by(AuditRecord.id.desc()).limit(1)).first()
-            prev_id, prev_hash = (int(last[0]), str(last[1])) if last else (0, GENESIS)
-            head = AuditHead(id=HEAD_ID, last_id=prev_id, last_hash=prev_hash)
+        if head is None:  # an emptied log starts again; a log with rows never loses its head
+            if session.execute(select(AuditRecord.id).limit(1)).first() is not None:
+                raise HostError(INTERNAL, "the audit log's head record is missing while the "
+                                          "log has rows: nothing is appended until an "
+                                          "auditor has looked (tallypurse host audit)")
+            head = AuditHead(id=HEAD_ID, last_id=0, last_hash=GENESIS)
             session.add(head)
         values: dict[str, Any] = {
             "id": head.last_id + 1, "at": self.host.now(), "actor": actor, "role": role,
