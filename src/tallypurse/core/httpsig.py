@@ -250,7 +250,8 @@ def _verify_canonical(method: str, url: str, lowered: Mapping[str, str], body: b
     except DecodeError:
         return None  # the general path says so
     if not crypto.verify(key, base64.b64decode(signature.group(1)), PREFIX + base.encode()):
-        return None
+        # the usual form, fully parsed: the general verifier would only check it again
+        raise SignatureError("invalid", "request signature: the signature does not verify")
     return {"created": int(created), "keyid": key_id, "alg": ALGORITHM, "nonce": nonce,
             "tag": TAG}
 
