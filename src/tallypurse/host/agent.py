@@ -48,6 +48,7 @@ from tallypurse.host.errors import (
     HostError,
 )
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
+from tallypurse.host.tms import terminal_refusal
 
 from .common import hex_bytes, log_event, new_id, numeric_currency, payload_hash, retrying
 
@@ -190,9 +191,9 @@ class AgentDebits:
                     raise TerminalChanged(terminal_id)
                 raise HostError(UNKNOWN_TERMINAL, f"unknown terminal {terminal_id}")
             if signed is not None:
-                if (row.status != "active" or row.public_key is None
-                        or bytes.fromhex(row.public_key) != signed.key
-                        or (row.cert_not_after is not None and row.cert_not_after < now)):
+                if (terminal_refusal(terminal_id, row.status, row.public_key,
+                                     row.cert_not_after, now) is not None
+                        or bytes.fromhex(row.public_key) != signed.key):
                     raise TerminalChanged(terminal_id)
                 record_nonce(s, terminal_id, signed.nonce, now)
             if row.prior_id is not None:

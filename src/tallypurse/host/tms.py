@@ -183,12 +183,13 @@ class Tms:
     def signing_key(self, session: Session, terminal_id: str) -> bytes:
         """The public key a terminal's requests must be signed with."""
         terminal = session.get(Terminal, terminal_id)
-        if terminal is None or terminal.public_key is None:
+        if terminal is None:
             raise HostError(UNKNOWN_TERMINAL, f"unknown or unenrolled terminal {terminal_id}")
-        if terminal.status != "active":
-            raise HostError(TERMINAL_REVOKED, f"terminal {terminal_id} is {terminal.status}")
-        if terminal.cert_not_after is not None and terminal.cert_not_after < self.host.now():
-            raise HostError(TERMINAL_REVOKED, "terminal certificate expired; renew it")
+        refusal = terminal_refusal(terminal_id, terminal.status, terminal.public_key,
+                                   terminal.cert_not_after, self.host.now())
+        if refusal is not None:
+            raise refusal
+        assert terminal.public_key is not None
         return bytes.fromhex(terminal.public_key)
 
     def merchant_of(self, session: Session, terminal_id: str) -> str:
@@ -296,3 +297,16 @@ class Tms:
                     t.journal_contiguous, t.journal_max, t.last_batch_at,
                     stale="no contact" in reasons, reasons=reasons))
             return out
+
+
+def terminal_refusal(terminal_id: str, status: str, public_key: str | None,
+                     cert_not_after: int | None, now: int) -> HostError | None:
+    """Why a terminal's requests are refused now (None: they are heard): the one rule,
+    for the key lookup and for the agent debit's own read of the terminal."""
+    if public_key is None:
+        return HostError(UNKNOWN_TERMINAL, f"unknown or unenrolled terminal {terminal_id}")
+    if status != "active":
+        return HostError(TERMINAL_REVOKED, f"terminal {terminal_id} is {status}")
+    if cert_not_after is not None and cert_not_after < now:
+        return HostError(TERMINAL_REVOKED, "terminal certificate expired; renew it")
+    return None
