@@ -33,12 +33,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from .benchutil import percentile
 from .keys import fail
+
+if TYPE_CHECKING:
+    from tallypurse.host.service import Host
+    from tallypurse.sam import Sam
 
 DAY = 86400
 TEN_MILLION = 10_000_000
@@ -167,15 +171,13 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
     import sqlalchemy as sa
 
     from tallypurse.core import crypto
-    from tallypurse.core.cert import KeyRef
-    from tallypurse.core.hostapi import BatchUpload, EnrolRequest, JournalEntry, Totals, canonical
+    from tallypurse.core.hostapi import BatchUpload, JournalEntry, Totals, canonical
     from tallypurse.core.httpsig import batch_signed_bytes
     from tallypurse.core.messages import CardEvent, SignedEvent
     from tallypurse.core.protocol import CertRole, EventKind
     from tallypurse.core.samproto import PURPOSE_BATCH, PURPOSE_JOURNAL
     from tallypurse.host.db.models import Account, Card, CardEventRow, table
     from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
-    from tallypurse.sam import Sam
 
     started = time.perf_counter()
     rng = random.Random(seed)
@@ -184,17 +186,8 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
                                           bic="COBADEFFXXX", fee_basis_points=100,
                                           merchant_id=f"bench-m{i:04d}")
             for i in range(merchants)]
-    sams: list[Any] = []
-    for i in range(terminals):
-        tid = f"{0x7465_0000_0000_0000 + i:016x}"
-        _, token = host.tms.create_terminal(mids[i % merchants], tid)
-        sam = Sam.create(tmp / f"sam-{i}.json", "sam", terminal_id=bytes.fromhex(tid))
-        answer = host.tms.enrol(EnrolRequest(terminal_id=tid,
-                                             csr=sam.certificate_request().hex(), token=token))
-        sam.install_certificate(bytes.fromhex(answer.certificate),
-                                {KeyRef.decode(k.encode()): bytes.fromhex(v)
-                                 for k, v in answer.roots.items()}, at=now)
-        sams.append(sam)
+    sams: list[Any] = enrol_sams(host, mids, terminals, 0x7465_0000_0000_0000,
+                                 tmp / "sam", now)
 
     # The day: each debit by a random card at a random terminal, in time order.
     serials = [(0x3000_0000_0000_0000 + seed * 10_000_000 + i).to_bytes(8, "big")
@@ -493,8 +486,7 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
     import sqlalchemy as sa
 
     from tallypurse.core import crypto
-    from tallypurse.core.cert import KeyRef
-    from tallypurse.core.hostapi import ROUTES, AgentDebitRequest, EnrolRequest
+    from tallypurse.core.hostapi import ROUTES, AgentDebitRequest
     from tallypurse.core.httpsig import sign_request
     from tallypurse.core.messages import CardEvent
     from tallypurse.core.protocol import (
@@ -506,7 +498,6 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
     )
     from tallypurse.core.samproto import PURPOSE_REQUEST
     from tallypurse.host.db.models import Account, Card, table
-    from tallypurse.sam import Sam
 
     rng = random.Random(seed)
     terminals = 16
@@ -515,17 +506,7 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
     mids = [host.registry.create_merchant(f"Canteen {i}", iban="DE89370400440532013000",
                                           bic="COBADEFFXXX", merchant_id=f"bench-c{i:03d}")
             for i in range(merchants)]
-    sams = []
-    for i in range(terminals):
-        tid = f"{0x6167_0000_0000_0000 + i:016x}"
-        _, token = host.tms.create_terminal(mids[i % merchants], tid)
-        sam = Sam.create(tmp / f"agent-sam-{i}.json", "sam", terminal_id=bytes.fromhex(tid))
-        answer = host.tms.enrol(EnrolRequest(terminal_id=tid,
-                                             csr=sam.certificate_request().hex(), token=token))
-        sam.install_certificate(bytes.fromhex(answer.certificate),
-                                {KeyRef.decode(k.encode()): bytes.fromhex(v)
-                                 for k, v in answer.roots.items()}, at=now)
-        sams.append(sam)
+    sams = enrol_sams(host, mids, terminals, 0x6167_0000_0000_0000, tmp / "agent-sam", now)
     holders = []
     for i in range(cards):
         holder = host.registry.create_cardholder(f"Holder {i}", cardholder_id=f"bench-h{i:06d}")
@@ -914,3 +895,26 @@ def bench_agent(
         typer.echo(f"  CPU per debit: host serve {result['server_cpu_ms_per_debit']} ms, "
                    f"client {result['client_cpu_ms_per_debit']} ms")
     typer.echo(f"  answers {result['statuses']}, ledger balanced: {result['ledger_balanced']}")
+
+
+def enrol_sams(host: Host, merchants: list[str], count: int, first_id: int, stem: Path,
+               now: int) -> list[Sam]:
+    """``count`` real SAMs enrolled with ``host`` (terminal ids from ``first_id``), spread
+    over ``merchants``; each SAM's file is ``<stem>-<i>.json``."""
+    from tallypurse.core.cert import KeyRef
+    from tallypurse.core.hostapi import EnrolRequest
+    from tallypurse.sam import Sam
+
+    sams = []
+    for i in range(count):
+        tid = f"{first_id + i:016x}"
+        _, token = host.tms.create_terminal(merchants[i % len(merchants)], tid)
+        sam = Sam.create(stem.parent / f"{stem.name}-{i}.json", "sam",
+                         terminal_id=bytes.fromhex(tid))
+        answer = host.tms.enrol(EnrolRequest(terminal_id=tid,
+                                             csr=sam.certificate_request().hex(), token=token))
+        sam.install_certificate(bytes.fromhex(answer.certificate),
+                                {KeyRef.decode(k.encode()): bytes.fromhex(v)
+                                 for k, v in answer.roots.items()}, at=now)
+        sams.append(sam)
+    return sams

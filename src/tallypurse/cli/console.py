@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -79,15 +80,20 @@ def password(
     typer.echo(f"password of {username} set")
 
 
+def _set_status(username: str, status: str, action: str, db: str | None,
+                data_dir: Path | None, keystore: str | None) -> None:
+    from tallypurse.host.console import set_status
+
+    with opened(db, data_dir, keystore) as host:
+        set_status(host, username, status)
+        _audit(host, action, username)
+
+
 @app.command("disable")
 def disable(username: UsernameArgument, db: DbOption = None,
             data_dir: DataDirOption = None, keystore: KeystoreOption = None) -> None:
     """Disable a user: every session of it ends at its next request."""
-    from tallypurse.host.console import set_status
-
-    with opened(db, data_dir, keystore) as host:
-        set_status(host, username, "disabled")
-        _audit(host, "user.disable", username)
+    _set_status(username, "disabled", "user.disable", db, data_dir, keystore)
     typer.echo(f"{username} disabled")
 
 
@@ -95,11 +101,7 @@ def disable(username: UsernameArgument, db: DbOption = None,
 def enable(username: UsernameArgument, db: DbOption = None,
            data_dir: DataDirOption = None, keystore: KeystoreOption = None) -> None:
     """Enable a disabled user again."""
-    from tallypurse.host.console import set_status
-
-    with opened(db, data_dir, keystore) as host:
-        set_status(host, username, "active")
-        _audit(host, "user.enable", username)
+    _set_status(username, "active", "user.enable", db, data_dir, keystore)
     typer.echo(f"{username} enabled")
 
 
