@@ -8,14 +8,17 @@ import asyncio
 import socket
 from typing import Any
 
+import pytest
 from uvicorn.config import Config
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from tallypurse.host.api.server import NoDelayH11Protocol
+from tallypurse.host.api import server
+from tallypurse.host.api.server import NoDelayH11Protocol, NoDelayHttpToolsProtocol
 
 
-async def _nodelay_of_accepted(protocol: type[H11Protocol]) -> int:
+async def _nodelay_of_accepted(protocol: type[H11Protocol] | type[HttpToolsProtocol]) -> int:
     async def app(scope: Any, receive: Any, send: Any) -> None:  # never called
         raise AssertionError("no request is sent")
 
@@ -43,5 +46,13 @@ async def _nodelay_of_accepted(protocol: type[H11Protocol]) -> int:
         await server.wait_closed()
 
 
-def test_the_hosts_protocol_turns_nagle_off() -> None:
-    assert asyncio.run(_nodelay_of_accepted(NoDelayH11Protocol)) != 0
+@pytest.mark.parametrize("protocol", [NoDelayH11Protocol, NoDelayHttpToolsProtocol])
+def test_the_hosts_protocols_turn_nagle_off(
+        protocol: type[H11Protocol] | type[HttpToolsProtocol]) -> None:
+    assert asyncio.run(_nodelay_of_accepted(protocol)) != 0
+
+
+def test_host_serve_takes_the_c_parser_and_uvloop_where_installed() -> None:
+    # both are the project's dependencies: a machine set up from the lock file has them
+    assert server.protocol() is NoDelayHttpToolsProtocol
+    assert server.loop() == "uvloop"

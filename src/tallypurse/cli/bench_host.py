@@ -786,6 +786,44 @@ def _cpu_seconds(pid: int) -> float | None:
         return None
 
 
+def _postgres_cpu_seconds() -> float | None:
+    """CPU time of every PostgreSQL server process on this machine (Linux; the bench's
+    server is local): what the database spent, beside the host's and the client's."""
+    try:
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            name, rest = stat.split("(", 1)[1].rsplit(")", 1)
+            if name.startswith("postgres"):
+                fields = rest.split()
+                total += int(fields[11]) + int(fields[12])
+        return total / tick
+    except (OSError, ValueError):
+        return None
+
+
+def _groups_logged(log: Path, start: int) -> tuple[int, int, float]:
+    """(groups, debits in them, milliseconds they took) from the host's
+    ``agent_debit_group`` log lines written after byte ``start`` of its log."""
+    groups = debits = 0
+    ms = 0.0
+    with log.open("rb") as f:
+        f.seek(start)
+        for line in f:
+            if b'"event": "agent_debit_group"' in line:
+                group = json.loads(line)
+                groups += 1
+                debits += int(group["debits"])
+                ms += float(group["ms"])
+    return groups, debits, ms
+
+
 def run_agent_bench(*, requests: int, concurrency: int, workers: int, db_url: str | None,
                     seed: int = 1) -> dict[str, Any]:
     import asyncio
@@ -820,10 +858,15 @@ def run_agent_bench(*, requests: int, concurrency: int, workers: int, db_url: st
                     raise RuntimeError(f"{exc}:\n{tail}") from None
                 warm = min(200, max(1, requests // 10))
                 asyncio.run(_send_all(port, setup.requests[:warm], concurrency))
+                log.flush()
+                log_start = (tmp / "serve.log").stat().st_size
                 server0, client0 = _cpu_seconds(proc.pid), time.process_time()
+                db0 = _postgres_cpu_seconds()
                 latencies, statuses, wall = asyncio.run(
                     _send_all(port, setup.requests[warm:], concurrency))
                 server1, client1 = _cpu_seconds(proc.pid), time.process_time()
+                db1 = _postgres_cpu_seconds()
+                groups = _groups_logged(tmp / "serve.log", log_start)
             finally:
                 proc.terminate()
                 try:
@@ -858,6 +901,11 @@ def run_agent_bench(*, requests: int, concurrency: int, workers: int, db_url: st
         "ratio_to_raw_db": None if raw_per_s is None else round(per_s / raw_per_s, 3),
         "server_cpu_ms_per_debit": server_ms,
         "client_cpu_ms_per_debit": round((client1 - client0) / timed * 1000, 2),
+        "db_cpu_ms_per_debit": (None if db0 is None or db1 is None or bdb.kind != "postgresql"
+                                else round((db1 - db0) / timed * 1000, 2)),
+        "groups": groups[0],
+        "group_mean": round(groups[1] / groups[0], 1) if groups[0] else None,
+        "group_mean_ms": round(groups[2] / groups[0], 2) if groups[0] else None,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "ledger_balanced": bool(audit["balanced"]),
     }

@@ -21,8 +21,9 @@ debit, or clearing when the split debit's batch arrives before it.
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
@@ -31,6 +32,14 @@ from tallypurse.core.errors import BadInput, DecodeError
 from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
 from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
 from tallypurse.core.protocol import EventKind, TxType
+from tallypurse.host.agent_groups import (
+    AgentGroups,
+    CardKey,
+    OneByOne,
+    Taken,
+    TerminalChangedResult,
+    Waiting,
+)
 from tallypurse.host.bank import BankAnswer, BankUnavailable, DirectDebit, Outcome
 from tallypurse.host.db.bulk import plain
 from tallypurse.host.db.models import BankInstruction, Card, CreditEvent, Debt
@@ -113,20 +122,10 @@ LEFT JOIN accounts m ON m.kind = 'merchant_payable' AND m.owner = t.merchant_id
 LEFT JOIN accounts o ON o.kind = 'online' AND o.owner = c.cardholder_id AND o.currency = c.currency
 WHERE t.terminal_id = :terminal_id
 """)
+CARD_KEY = "SELECT currency, public_key FROM cards WHERE card_id = :card_id"
+CARD_KEYS_KEPT = 100_000  # cards whose key a process keeps (then it starts again)
 RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
                     "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
-# The common case's rows, written with the driver's own cursor (db.bulk.plain).
-INSERT_DEBT = (
-    "INSERT INTO debts (id, card_id, atc, amount, currency, terminal_id, merchant_id, "
-    "cardholder_id, tx_type, idempotency_key, payload_hash, status, origin, event_time, "
-    "created, updated, collection_since, repaid) VALUES (:id, :card_id, :atc, :amount, "
-    ":currency, :terminal_id, :merchant_id, :cardholder_id, :tx_type, :idempotency_key, "
-    ":payload_hash, :status, :origin, :event_time, :created, :updated, NULL, 0)")
-INSERT_CREDIT_EVENT = (
-    "INSERT INTO credit_events (cardholder_id, card_id, kind, amount, reference, created) "
-    "VALUES (:cardholder_id, :card_id, :kind, :amount, :reference, :created)")
-
-
 def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
     """Record a request's nonce in the caller's transaction; REPLAY if it was seen before."""
     result = plain(s, RECORD_NONCE.text, {"key_id": key_id, "nonce": nonce, "created": now})
@@ -161,19 +160,78 @@ class DebtView:
 class AgentDebits:
     def __init__(self, host: Host) -> None:
         self.host = host
+        self.groups = AgentGroups(self)
+        self._card_keys: dict[str, CardKey] = {}
 
     # --- the terminal's request -------------------------------------------------------------------
     def submit(self, terminal_id: str, req: AgentDebitRequest, *,
                signed: SignedBy | None = None) -> AgentDebitAck:
         """Take an agent debit (once per terminal and idempotency key). ``signed``: the
         request's verified signature, whose nonce is recorded in the debit's transaction."""
+        digest = self.digest(terminal_id, req)
+        offered = self.offer(terminal_id, req, digest, signed, self.card_key(req.card_id))
+        result = offered.result() if isinstance(offered, Future) else offered
+        return self.finish(terminal_id, req, digest, signed, result)
+
+    # The three steps of :meth:`submit`, for a caller that waits for the group writer
+    # without holding a thread (the HTTP server's event loop).
+    @staticmethod
+    def digest(terminal_id: str, req: AgentDebitRequest) -> str:
+        """The payload hash that binds the idempotency key (after the first check)."""
         if req.terminal_id != terminal_id:
             raise HostError(TERMINAL_MISMATCH, "the agent debit names another terminal")
-        digest = payload_hash(req)
+        return payload_hash(req)
+
+    def offer(self, terminal_id: str, req: AgentDebitRequest, digest: str,
+              signed: SignedBy | None, card: CardKey | None) -> Future[Taken] | OneByOne:
+        """Check the card's record against ``card`` (:meth:`card_key`), then hand the debit
+        to the group writer (:mod:`tallypurse.host.agent_groups`), whose future gives
+        the outcome. A request that fails a check goes the one-debit way at once, which
+        answers it in the usual order (a replayed or retried request first)."""
+        if card is None:
+            return OneByOne(False)
+        try:
+            event = self._check(card, terminal_id, req)
+        except HostError:
+            return OneByOne(False)
+        future: Future[Taken] = Future()
+        self.groups.take(Waiting(terminal_id, req, digest, event, card, signed, future))
+        return future
+
+    def finish(self, terminal_id: str, req: AgentDebitRequest, digest: str,
+               signed: SignedBy | None, result: Taken) -> AgentDebitAck:
+        """The answer from the group writer's outcome; the one-debit way if it gave the
+        debit back (this may block on the database)."""
+        if isinstance(result, AgentDebitAck):
+            return result
+        if isinstance(result, TerminalChangedResult):
+            raise TerminalChanged(terminal_id)
+        if isinstance(result, BaseException):
+            raise result
+        if result.nonce_recorded:  # the group committed the nonce; the rest goes one by one
+            signed = None
         ack, pending = retrying(lambda: self._submit(terminal_id, req, digest, signed))
         for instruction in pending:
             self.process_instruction(instruction)
         return ack
+
+    def cached_card(self, card_id: str) -> CardKey | None:
+        """:meth:`card_key` if this process holds it (no database)."""
+        return self._card_keys.get(card_id)
+
+    def card_key(self, card_id: str) -> CardKey | None:
+        """A card's certified key and currency (fixed at issuance), kept per process;
+        None for an unknown card."""
+        found = self._card_keys.get(card_id)
+        if found is None:
+            with self.host.db.reader() as s:
+                row = plain(s, CARD_KEY, {"card_id": card_id}).first()
+            if row is None:
+                return None
+            if len(self._card_keys) >= CARD_KEYS_KEPT:
+                self._card_keys.clear()
+            found = self._card_keys[card_id] = CardKey(card_id, row.currency, row.public_key)
+        return found
 
     def _submit(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                 signed: SignedBy | None) -> tuple[AgentDebitAck, list[str]]:
@@ -209,16 +267,6 @@ class AgentDebits:
                            row.app_key_version)
             event = self._check(card, terminal_id, req)
             merchant_id: str = row.merchant_id
-            if row.same_id is None and None not in (row.receivable_id, row.payable_id,
-                                                    row.online_id):
-                debt_id = self._settle_at_once(s, card, event, terminal_id, merchant_id,
-                                               req, digest, row, now)
-                if debt_id is not None:
-                    uow.commit()
-                    log_event("agent_debit", terminal=terminal_id, card=req.card_id,
-                              atc=req.atc, amount=req.amount, debt=debt_id, status="settled")
-                    return AgentDebitAck(idempotency_key=req.idempotency_key,
-                                         status="accepted", debt_id=debt_id), []
             # Everything else (a debt already known, no online funds: the bank, collection)
             card_row = self.host.registry.card(s, req.card_id)
             if row.same_id is not None:
@@ -242,48 +290,6 @@ class AgentDebits:
                   amount=req.amount, debt=debt.id, status=debt.status)
         return AgentDebitAck(idempotency_key=req.idempotency_key, status="accepted",
                              debt_id=debt.id), pending
-
-    def _settle_at_once(self, s: Session, card: CardRow, event: CardEvent, terminal_id: str,
-                        merchant_id: str, req: AgentDebitRequest, digest: str, row: Any,
-                        now: int) -> str | None:
-        """The common case, with plain statements: the online account holds the amount,
-        so the debt is opened (merchant paid) and collected at once. None (nothing
-        written) when the online account is short."""
-        assert card.cardholder_id is not None
-        lock = " FOR UPDATE" if self.host.db.postgres else ""
-        # plain statements: nothing of the ORM is pending here
-        balance = plain(s, f"SELECT balance FROM accounts WHERE id = :id{lock}",
-                        {"id": row.online_id}).scalar()
-        if -int(balance) < req.amount:
-            return None
-        debt_id = new_id("debt")
-        plain(s, INSERT_DEBT, {
-            "id": debt_id, "card_id": card.card_id, "atc": event.atc, "amount": event.split,
-            "currency": card.currency, "terminal_id": terminal_id, "merchant_id": merchant_id,
-            "cardholder_id": card.cardholder_id, "tx_type": event.tx_type,
-            "idempotency_key": req.idempotency_key, "payload_hash": digest, "status": "settled",
-            "origin": "agent", "event_time": event.time, "created": now, "updated": now})
-        receivable = Acct.system(Kind.CREDIT_RECEIVABLE, card.currency)
-        payable = Acct(Kind.MERCHANT_PAYABLE, merchant_id, card.currency)
-        online = Acct(Kind.ONLINE, card.cardholder_id, card.currency)
-        Ledger(s, now).post_many([
-            Entry("debt_open", debt_id, [(receivable, event.split), (payable, -event.split)],
-                  value_time=event.time, merchant_id=merchant_id, card_id=card.card_id,
-                  memo=f"split remainder of ATC {event.atc}"),
-            Entry("debt_collect_online", debt_id, [(online, event.split),
-                                                   (receivable, -event.split)],
-                  value_time=now, card_id=card.card_id),
-        ], known={receivable: int(row.receivable_id), payable: int(row.payable_id),
-                  online: int(row.online_id)})
-        plain(s, INSERT_CREDIT_EVENT, {
-            "cardholder_id": card.cardholder_id, "card_id": card.card_id,
-            "kind": "debt_settled_online", "amount": event.split, "reference": debt_id,
-            "created": now})
-        self.host.credit.note_event(s, card.cardholder_id, "debt_settled_online")
-        self.host.writebacks.publish(s, card, "settle_debt",
-                                     DebtOutcome(event.atc, event.split).to_bytes(),
-                                     debt_id=debt_id, hot=True)
-        return debt_id
 
     def _check(self, card: CardFacts, terminal_id: str, req: AgentDebitRequest) -> CardEvent:
         if card.currency != req.currency:

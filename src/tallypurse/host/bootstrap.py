@@ -131,8 +131,22 @@ def open_host(settings: HostSettings, *, create_keystore: bool = True) -> Host:
     return Host(db, following_keystore(settings, keys), settings=settings)
 
 
+SWITCH_INTERVAL_S = 0.0005
+
+
 def app_from_env() -> FastAPI:
     """uvicorn factory: ``uvicorn --factory tallypurse.host.bootstrap:app_from_env``."""
+    import logging
+    import sys
+
     from .api import create_app
 
+    # A worker process that uvicorn spawned has none of the parent's logging set up:
+    # the structured event log (one JSON object per line) goes to stderr here too.
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    # The agent-debit writer thread waits for its database answers while the event loop
+    # thread holds the interpreter: with the default 5 ms switch interval each of the
+    # group's round trips could wait that long for its turn.
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return create_app(open_host(HostSettings.from_env(), create_keystore=False))

@@ -215,7 +215,7 @@ class Ledger:
             Account.currency == acct.currency,
         )
         if lock and self.session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
+            stmt = stmt.with_for_update(key_share=True)  # FOR NO KEY UPDATE: see below
         row = self.session.execute(stmt).first()
         if row is None:
             return 0
@@ -278,7 +278,10 @@ class Ledger:
 
     def _add_to_balances(self, changes: list[tuple[int, int]]) -> None:
         """Move account balances, locking the rows in id order (no deadlock between two
-        writers that share accounts)."""
+        writers that share accounts). The lock is FOR NO KEY UPDATE, the lock an UPDATE
+        of the balance takes: FOR UPDATE would also wait for the key-share locks that
+        every posting's foreign key takes on its account, so that two writers that had
+        both posted to an account would wait for each other at commit."""
         s = self.session
         changes = [(aid, d) for aid, d in changes if d]
         if not changes:
@@ -287,7 +290,7 @@ class Ledger:
         if not postgres or len(changes) > BULK_BALANCES:
             if postgres:
                 s.connection().exec_driver_sql(
-                    "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR UPDATE",
+                    "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
                     ([aid for aid, _ in changes],))
             # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
             bulk.update(s, "accounts", ("id", "bigint"),

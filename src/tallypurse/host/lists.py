@@ -34,7 +34,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from tallypurse.core.hostapi import ActionEntry, BlacklistEntry, SignedList
-from tallypurse.host.db.bulk import plain_many
+from tallypurse.host.db import bulk
 from tallypurse.host.db.engine import after_commit
 from tallypurse.host.db.models import Card, ListEntry, ListHead
 
@@ -47,9 +47,10 @@ ListName = Literal["blacklist", "actions"]
 BLACKLIST: ListName = "blacklist"
 ACTIONS: ListName = "actions"
 NAMES: tuple[ListName, ...] = (ACTIONS, BLACKLIST)  # the order heads are locked in
-INSERT_ENTRY = ("INSERT INTO list_entries (list_name, version, card_id, op, reason, action_id, "
-                "kind, seq, sealed, created) VALUES (:list_name, NULL, :card_id, :op, :reason, "
-                ":action_id, :kind, :seq, :sealed, :created)")
+ENTRY_COLUMNS: list[bulk.Column] = [
+    ("list_name", "text"), ("card_id", "text"), ("op", "text"), ("reason", "text"),
+    ("action_id", "text"), ("kind", "text"), ("seq", "bigint"), ("sealed", "text"),
+    ("created", "bigint")]
 PUBLISH_EVERY_S = 0.05  # a hot writer (agent debits) publishes at most this often per process
 
 
@@ -70,9 +71,13 @@ class Lists:
         if not entries:
             return
         now = self.host.now()
-        rows = [{"list_name": name, "created": now, "reason": "", "action_id": None,
-                 "kind": None, "seq": None, "sealed": None, **e} for e in entries]
-        plain_many(session, INSERT_ENTRY, rows)  # the driver's own cursor: the hot path
+        rows = []
+        for e in entries:
+            row = {"list_name": name, "created": now, "reason": "", "action_id": None,
+                   "kind": None, "seq": None, "sealed": None, **e}
+            rows.append(tuple(row[c] for c, _ in ENTRY_COLUMNS))
+        # one statement whatever their number, in this order (they are numbered by id)
+        bulk.insert(session, "list_entries", ENTRY_COLUMNS, rows)
         after_commit(session, f"lists.publish.{name}{'.hot' if hot else ''}",
                      (lambda: self._publish_after_commit(name, hot)))
 

@@ -11,6 +11,8 @@ again with a fresh number.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -23,6 +25,7 @@ from tallypurse.core.errors import DecodeError
 from tallypurse.core.hostapi import WriteBackReport
 from tallypurse.core.messages import WriteBackHeader, WriteBackReceipt, receipt_mac, seal_writeback
 from tallypurse.core.protocol import WriteBackAction as Action
+from tallypurse.host.db import bulk
 from tallypurse.host.db.bulk import plain
 from tallypurse.host.db.models import Card
 from tallypurse.host.db.models import WriteBackAction as ActionRow
@@ -46,6 +49,17 @@ KINDS: dict[str, Action] = {
 
 NEXT_SEQ = text("UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = :card_id "
                 "RETURNING writeback_seq")
+NEXT_SEQ_BY = ("UPDATE cards SET writeback_seq = writeback_seq + :n WHERE card_id = :card_id "
+               "RETURNING writeback_seq")
+LOCK_CARDS = ("SELECT card_id FROM cards WHERE card_id = ANY(:ids) ORDER BY card_id "
+              "FOR NO KEY UPDATE")  # as the UPDATE below would: debts hold key-share locks
+NEXT_SEQS = ("UPDATE cards SET writeback_seq = cards.writeback_seq + v.n "
+             "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS bigint[])) AS v(card_id, n) "
+             "WHERE cards.card_id = v.card_id RETURNING cards.card_id, cards.writeback_seq")
+ACTION_COLUMNS: list[bulk.Column] = [
+    ("action_id", "text"), ("card_id", "text"), ("kind", "text"), ("seq", "bigint"),
+    ("payload", "text"), ("sealed", "text"), ("status", "text"), ("debt_id", "text"),
+    ("created", "bigint")]
 INSERT_ACTION = (
     "INSERT INTO writeback_actions (action_id, card_id, kind, seq, payload, sealed, status, "
     "debt_id, created, applied_at, receipt) VALUES (:action_id, :card_id, :kind, :seq, "
@@ -104,6 +118,46 @@ class WriteBacks:
             "created": self.host.now()})
         self.host.lists.append(session, ACTIONS, [self._entry(done, "add")], hot=hot)
         log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
+        return done
+
+    def publish_many(self, session: Session, wanted: Sequence[tuple[CardKeys, str, bytes, str]],
+                     ) -> list[Published]:
+        """:meth:`publish` for many actions at once (a group of agent debits): each is
+        (card, kind, payload, debt id); a card may appear more than once. The cards' rows
+        are locked in card order (no deadlock with another group that shares cards), their
+        sequence numbers moved by one statement, the actions and their list entries
+        written in bulk; the list entries are published as :meth:`publish` ``hot`` does.
+        It logs nothing: the caller logs each action with its own event (one line per
+        agent debit, with the write-back's number)."""
+        if not wanted:
+            return []
+        counts = Counter(card.card_id for card, _, _, _ in wanted)
+        ordered = sorted(counts.items())
+        top: dict[str, int] = {}
+        if bulk.is_postgres(session):
+            plain(session, LOCK_CARDS, {"ids": [c for c, _ in ordered]})
+            cur = plain(session, NEXT_SEQS, {"ids": [c for c, _ in ordered],
+                                             "ns": [n for _, n in ordered]})
+            top = {card_id: int(seq) for card_id, seq in cur.fetchall()}
+        else:  # SQLite: this transaction holds the database's write lock
+            for card_id, n in ordered:
+                top[card_id] = int(plain(session, NEXT_SEQ_BY, {"card_id": card_id,
+                                                                 "n": n}).scalar())
+        nxt = {card_id: top[card_id] - n + 1 for card_id, n in ordered}
+        now = self.host.now()
+        done: list[Published] = []
+        rows: list[tuple[object, ...]] = []
+        for card, kind, payload, debt_id in wanted:
+            seq = nxt[card.card_id]
+            nxt[card.card_id] = seq + 1
+            sealed = seal_writeback(self._key(card), WriteBackHeader(
+                bytes.fromhex(card.card_id), seq, int(KINDS[kind])), payload)
+            one = Published(f"wb-{card.card_id}-{seq}", card.card_id, kind, seq, sealed.hex())
+            done.append(one)
+            rows.append((one.action_id, card.card_id, kind, seq, payload.hex(), one.sealed,
+                         "pending", debt_id, now))
+        bulk.insert(session, "writeback_actions", ACTION_COLUMNS, rows)
+        self.host.lists.append(session, ACTIONS, [self._entry(d, "add") for d in done], hot=True)
         return done
 
     @staticmethod

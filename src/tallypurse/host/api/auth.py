@@ -162,6 +162,10 @@ class TerminalKeys:
             key = self.fresh(terminal_id)
         return key
 
+    def kept(self, terminal_id: str) -> bytes | None:
+        """The key if this process holds it (no database)."""
+        return self._keys.get(terminal_id)
+
     def fresh(self, terminal_id: str) -> bytes:
         with self.host.uow() as uow:
             key = self.host.tms.signing_key(uow.session, terminal_id)
@@ -176,14 +180,28 @@ class TerminalKeys:
             self._keys.pop(terminal_id, None)
 
 
+class NotKept(Exception):
+    """``kept_only``: checking this request needs the database (a key this process does
+    not hold, or one that may have changed); nothing was charged."""
+
+
 def verify_terminal(host: Host, keys: TerminalKeys, method: str, url: str,
-                    headers: Mapping[str, str], body: bytes, *, fresh: bool = False) -> SignedBy:
+                    headers: Mapping[str, str], body: bytes, *, fresh: bool = False,
+                    kept_only: bool = False) -> SignedBy:
     """Check a terminal's signed request without recording its nonce: the caller records
-    it in the transaction that acts on the request (``record_nonce``)."""
+    it in the transaction that acts on the request (``record_nonce``). ``kept_only``:
+    touch no database (for an event loop): raise :class:`NotKept` where it would, and
+    leave the occasional purge of old nonces to :func:`purge_due`."""
     used: dict[str, bytes] = {}
 
     def key_of(key_id: str) -> bytes:
-        used[key_id] = keys.fresh(key_id) if fresh else keys.get(key_id)
+        if kept_only:
+            kept = keys.kept(key_id)
+            if kept is None:
+                raise NotKept(key_id)
+            used[key_id] = kept
+        else:
+            used[key_id] = keys.fresh(key_id) if fresh else keys.get(key_id)
         return used[key_id]
 
     try:
@@ -191,12 +209,19 @@ def verify_terminal(host: Host, keys: TerminalKeys, method: str, url: str,
     except HostError as exc:
         if fresh or exc.what is not SIGNATURE_INVALID:
             raise
+        if kept_only:
+            raise NotKept(exc.detail) from None
         # Perhaps a new SAM since the key was kept (re-enrolled): once more, from the database.
         return verify_terminal(host, keys, method, url, headers, body, fresh=True)
     host.limits.charge("terminal", verified.key_id)  # counted once the signature verified
-    if secrets.randbelow(PURGE_EVERY) == 0:
+    if not kept_only and purge_due():
         purge_nonces(host)
     return SignedBy(verified.key_id, used[verified.key_id], verified.nonce)
+
+
+def purge_due() -> bool:
+    """About once every ``PURGE_EVERY`` requests: time to :func:`purge_nonces`."""
+    return secrets.randbelow(PURGE_EVERY) == 0
 
 
 def remember_nonce(host: Host, key_id: str, nonce: str, created: int) -> None:
@@ -208,7 +233,7 @@ def remember_nonce(host: Host, key_id: str, nonce: str, created: int) -> None:
             uow.commit()
     except IntegrityError:
         raise HostError(REPLAY, "this request was seen before (nonce reused)") from None
-    if secrets.randbelow(PURGE_EVERY) == 0:
+    if purge_due():
         purge_nonces(host)
 
 

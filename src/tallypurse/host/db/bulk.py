@@ -28,6 +28,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 Column = tuple[str, str]
+# PostgreSQL: fewer rows than this go in one INSERT from arrays (a COPY costs about half
+# a millisecond of setup, more than a few rows' worth of INSERT), more with COPY.
+COPY_FROM = 100
 SQLITE_MAX_PARAMS = 30_000  # below SQLite's 32,766 bound variables per statement
 
 
@@ -141,12 +144,13 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     names = ", ".join(c for c, _ in columns)
     cur = _cursor(s)
     if is_postgres(s):
-        if not returning:
+        if not returning and len(rows) >= COPY_FROM:
             cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
             return []
-        cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)} "
-                    f"RETURNING {returning}", _arrays(len(columns), rows))
-        return [tuple(r) for r in cur.fetchall()]
+        tail = f" RETURNING {returning}" if returning else ""
+        cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}{tail}",
+                    _arrays(len(columns), rows))
+        return [tuple(r) for r in cur.fetchall()] if returning else []
     if returning:
         raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
     marks = ", ".join("?" for _ in columns)
