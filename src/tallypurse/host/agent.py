@@ -188,15 +188,23 @@ class AgentDebits:
         to the group writer (:mod:`tallypurse.host.agent_groups`), whose future gives
         the outcome. A request that fails a check goes the one-debit way at once, which
         answers it in the usual order (a replayed or retried request first)."""
+        waiting = self.prepare(terminal_id, req, digest, signed, card)
+        if isinstance(waiting, OneByOne):
+            return waiting
+        self.groups.take(waiting)
+        return waiting.future
+
+    def prepare(self, terminal_id: str, req: AgentDebitRequest, digest: str,
+                signed: SignedBy | None, card: CardKey | None) -> Waiting | OneByOne:
+        """The debit as the group writer takes it, its card's record checked; or the
+        one-debit way for a card this process does not know or a record that fails."""
         if card is None:
             return OneByOne(False)
         try:
             event = self._check(card, terminal_id, req)
         except HostError:
             return OneByOne(False)
-        future: Future[Taken] = Future()
-        self.groups.take(Waiting(terminal_id, req, digest, event, card, signed, future))
-        return future
+        return Waiting(terminal_id, req, digest, event, card, signed, Future())
 
     def finish(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                signed: SignedBy | None, result: Taken) -> AgentDebitAck:
