@@ -20,6 +20,7 @@ the end (nothing else in that database is touched).
 
 from __future__ import annotations
 
+import datetime as dt
 import gc
 import json
 import multiprocessing as mp
@@ -631,65 +632,21 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-# The statements one agent debit sends to the database (an online account that holds
-# enough, so: debt opened, merchant paid, collected online, write-back published), as the
-# host issues them: one transaction (the terminal's key comes from the worker's cache; the
-# read re-checks it), then, at most every PUBLISH_EVERY_S per process, the publisher's
-# transaction that numbers the committed list entries.
-def _direct_statements() -> tuple[list[str], list[str]]:
-    from tallypurse.host.agent import DEBIT_READ, RECORD_NONCE
-
-    def driver(sql: str) -> str:  # SQLAlchemy's :name as psycopg's %(name)s
-        import re
-
-        return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql)
-
-    debit = [
-        driver(DEBIT_READ.text),
-        driver(RECORD_NONCE.text),
-        "SELECT balance FROM accounts WHERE id = %(online_id)s FOR UPDATE",
-        "INSERT INTO debts (id, card_id, atc, amount, currency, terminal_id, merchant_id, "
-        "cardholder_id, tx_type, idempotency_key, payload_hash, status, origin, event_time, "
-        "created, updated, collection_since, repaid) VALUES (%(key)s, %(card_id)s, %(atc)s, "
-        "%(amount)s, 'EUR', %(terminal_id)s, %(merchant_id)s, %(holder)s, 1, %(key)s, "
-        "%(key)s, 'settled', 'agent', %(time)s, %(time)s, %(time)s, NULL, 0)",
-        "INSERT INTO ledger_transactions (kind, reference, created, value_time, value_day, "
-        "merchant_id, card_id, memo) SELECT * FROM unnest(ARRAY['debt_open', "
-        "'debt_collect_online']::text[], ARRAY[%(key)s, %(key)s]::text[], "
-        "ARRAY[%(time)s, %(time)s]::bigint[], ARRAY[%(time)s, %(time)s]::bigint[], "
-        "ARRAY[CURRENT_DATE, CURRENT_DATE]::date[], ARRAY[%(merchant_id)s, NULL]::text[], "
-        "ARRAY[%(card_id)s, %(card_id)s]::text[], ARRAY['', '']::text[]) "
-        "RETURNING id, kind, reference",
-        "INSERT INTO postings (transaction_id, account_id, amount, currency) SELECT * FROM "
-        "unnest(ARRAY[%(open_txn)s, %(open_txn)s, %(collect_txn)s, %(collect_txn)s]::bigint[],"
-        " ARRAY[%(receivable_id)s, %(payable_id)s, %(online_id)s, %(receivable_id)s]::bigint[],"
-        " ARRAY[%(amount)s, -%(amount)s, %(amount)s, -%(amount)s]::bigint[], "
-        "ARRAY['EUR', 'EUR', 'EUR', 'EUR']::text[])",
-        "INSERT INTO credit_events (cardholder_id, card_id, kind, amount, reference, created) "
-        "VALUES (%(holder)s, %(card_id)s, 'debt_settled_online', %(amount)s, %(key)s, "
-        "%(time)s)",
-        "UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_id = %(card_id)s "
-        "RETURNING writeback_seq",
-        "INSERT INTO writeback_actions (action_id, card_id, kind, seq, payload, sealed, status, "
-        "debt_id, created, applied_at, receipt) VALUES (%(key)s, %(card_id)s, 'settle_debt', "
-        "%(atc)s, %(record)s, %(record)s, 'pending', %(key)s, %(time)s, NULL, NULL)",
-        "INSERT INTO list_entries (list_name, version, card_id, op, reason, action_id, kind, "
-        "seq, sealed, created) VALUES ('actions', NULL, %(card_id)s, 'add', '', %(key)s, "
-        "'settle_debt', %(atc)s, %(record)s, %(time)s)",
-        "UPDATE accounts SET balance = balance + %(amount)s WHERE id = %(online_id)s",
-        "UPDATE accounts SET balance = balance - %(amount)s WHERE id = %(payable_id)s",
-    ]
-    publish = [
-        "SELECT name, version FROM list_heads WHERE name IN ('actions') ORDER BY name "
-        "FOR UPDATE SKIP LOCKED",
-        "UPDATE list_entries e SET version = n.v FROM (SELECT id, %(head)s + row_number() "
-        "OVER (ORDER BY id) AS v FROM list_entries WHERE list_name = 'actions' AND version "
-        "IS NULL) n WHERE e.id = n.id",
-        "UPDATE list_heads SET version = (SELECT max(version) FROM list_entries WHERE "
-        "list_name = 'actions') WHERE name = 'actions'",
-    ]
-    return debit, publish
-
+# The statements a group of agent debits sends to the database (online accounts that hold
+# enough, so each debit: debt opened, merchant paid, collected online, write-back
+# published), as the host's group writer issues them (tallypurse.host.agent_groups): one
+# transaction per group, each kind of row in one statement whatever the group's size,
+# then, at most every PUBLISH_EVERY_S per process, the publisher's transaction that
+# numbers the committed list entries. The statements' text is the host's own.
+PUBLISH = [
+    "SELECT name, version FROM list_heads WHERE name IN ('actions') ORDER BY name "
+    "FOR UPDATE SKIP LOCKED",
+    "UPDATE list_entries e SET version = n.v FROM (SELECT id, %(head)s + row_number() "
+    "OVER (ORDER BY id) AS v FROM list_entries WHERE list_name = 'actions' AND version "
+    "IS NULL) n WHERE e.id = n.id",
+    "UPDATE list_heads SET version = (SELECT max(version) FROM list_entries WHERE "
+    "list_name = 'actions') WHERE name = 'actions'",
+]
 
 DIRECT_IDS = (
     "SELECT (SELECT id FROM accounts WHERE kind = 'credit_receivable' AND owner = '' "
@@ -699,9 +656,118 @@ DIRECT_IDS = (
     "AND currency = 'EUR') AS online_id")
 
 
-def _direct_floor(host: Any, work: list[dict[str, Any]], concurrency: int) -> float | None:
+def _driver(sql: str) -> str:
+    """SQLAlchemy's :name as psycopg's %(name)s (what the host's db.bulk.plain does)."""
+    import re
+
+    return re.sub(r"(?<![:\w]):(\w+)", r"%(\1)s", sql.replace("%", "%%"))
+
+
+def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
+            rows: list[tuple[Any, ...]], returning: str = "") -> list[Any]:
+    """The host's db.bulk.insert on PostgreSQL: one INSERT from arrays, or COPY for many."""
+    from tallypurse.host.db.bulk import COPY_FROM
+
+    names = ", ".join(c for c, _ in columns)
+    if not returning and len(rows) >= COPY_FROM:
+        with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return []
+    arrays = tuple([row[i] for row in rows] for i in range(len(columns)))
+    unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
+    cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})"
+                + (f" RETURNING {returning}" if returning else ""), arrays)
+    return list(cur.fetchall()) if returning else []
+
+
+def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
+    """One group's statements, in the host's order, with the host's statement text."""
+    from tallypurse.host.agent_groups import (
+        CREDIT_EVENT_COLUMNS,
+        DEBT_COLUMNS,
+        GROUP_READ,
+        LOCK_ONLINE_PG,
+        NONCES_PG,
+        READ_COLUMNS,
+    )
+    from tallypurse.host.ledger import BULK_BALANCES, POSTING_COLUMNS, TXN_COLUMNS
+    from tallypurse.host.lists import ENTRY_COLUMNS
+    from tallypurse.host.writeback import ACTION_COLUMNS, LOCK_CARDS, NEXT_SEQS
+
+    read_cols = ", ".join(c for c, _ in READ_COLUMNS)
+    cur.execute(f"WITH v({read_cols}) AS (SELECT * FROM unnest("
+                + ", ".join(f"%s::{t}[]" for _, t in READ_COLUMNS) + f")) {GROUP_READ}",
+                ([n for n in range(len(group))], [w["terminal_id"] for w in group],
+                 [w["card_id"] for w in group], [w["key"] for w in group],
+                 [w["atc"] for w in group]))
+    cur.fetchall()
+    cur.execute(_driver(NONCES_PG), {"keys": [w["key_id"] for w in group],
+                                     "nonces": [w["nonce"] for w in group],
+                                     "created": [w["created"] for w in group]})
+    cur.fetchall()
+    cur.execute(_driver(LOCK_ONLINE_PG), {"ids": sorted({w["online_id"] for w in group})})
+    cur.fetchall()
+    day = dt.date.fromtimestamp(group[0]["time"])
+    txns = []
+    for w in group:
+        txns.append(("debt_open", w["key"], w["time"], w["time"], day, w["merchant_id"],
+                     w["card_id"], "split remainder"))
+        txns.append(("debt_collect_online", w["key"], w["time"], w["time"], day, None,
+                     w["card_id"], ""))
+    ids = {(k, r): i for i, k, r in _insert(cur, "ledger_transactions", TXN_COLUMNS, txns,
+                                              "id, kind, reference")}
+    postings = []
+    balances: dict[int, int] = {}
+    for w in group:
+        opened, collected = ids[("debt_open", w["key"])], ids[("debt_collect_online", w["key"])]
+        postings += [(opened, w["receivable_id"], w["amount"], "EUR"),
+                     (opened, w["payable_id"], -w["amount"], "EUR"),
+                     (collected, w["online_id"], w["amount"], "EUR"),
+                     (collected, w["receivable_id"], -w["amount"], "EUR")]
+        balances[w["payable_id"]] = balances.get(w["payable_id"], 0) - w["amount"]
+        balances[w["online_id"]] = balances.get(w["online_id"], 0) + w["amount"]
+    _insert(cur, "postings", POSTING_COLUMNS, postings)
+    _insert(cur, "debts", DEBT_COLUMNS, [
+        (w["key"], w["card_id"], w["atc"], w["amount"], "EUR", w["terminal_id"],
+         w["merchant_id"], w["holder"], 1, w["key"], w["key"], "settled", "agent", w["time"],
+         w["time"], w["time"], 0) for w in group])
+    _insert(cur, "credit_events", CREDIT_EVENT_COLUMNS, [
+        (w["holder"], w["card_id"], "debt_settled_online", w["amount"], w["key"], w["time"])
+        for w in group])
+    cards: dict[str, int] = {}
+    for w in group:
+        cards[w["card_id"]] = cards.get(w["card_id"], 0) + 1
+    ordered = sorted(cards.items())
+    cur.execute(_driver(LOCK_CARDS), {"ids": [c for c, _ in ordered]})
+    cur.fetchall()
+    cur.execute(_driver(NEXT_SEQS), {"ids": [c for c, _ in ordered],
+                                     "ns": [n for _, n in ordered]})
+    cur.fetchall()
+    _insert(cur, "writeback_actions", ACTION_COLUMNS, [
+        (w["key"], w["card_id"], "settle_debt", w["atc"], w["record"], w["record"], "pending",
+         w["key"], w["time"]) for w in group])
+    _insert(cur, "list_entries", ENTRY_COLUMNS, [
+        ("actions", w["card_id"], "add", "", w["key"], "settle_debt", w["atc"], w["record"],
+         w["time"]) for w in group])
+    changes = sorted(balances.items())
+    if len(changes) > BULK_BALANCES:
+        cur.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id "
+                    "FOR NO KEY UPDATE", ([i for i, _ in changes],))
+        cur.execute("UPDATE accounts SET balance = accounts.balance + v.balance FROM "
+                    "unnest(%s::bigint[], %s::bigint[]) AS v(id, balance) "
+                    "WHERE accounts.id = v.id",
+                    ([i for i, _ in changes], [d for _, d in changes]))
+    else:
+        cur.executemany("UPDATE accounts SET balance = balance + %(delta)s WHERE id = %(id)s",
+                        [{"id": i, "delta": d} for i, d in changes])
+
+
+def _direct_floor(host: Any, work: list[dict[str, Any]], writers: int,
+                  group: int = 1) -> float | None:
     """Agent debits per second with their database statements issued directly (the
-    driver's own cursor, no HTTP, no service code), ``concurrency`` connections at once."""
+    driver's own cursor, no HTTP, no service code): ``writers`` connections at once (the
+    host has one group writer per process), each issuing groups of ``group`` debits."""
     import threading
 
     import sqlalchemy as sa
@@ -710,11 +776,11 @@ def _direct_floor(host: Any, work: list[dict[str, Any]], concurrency: int) -> fl
 
     if not host.db.postgres:
         return None  # the statements are PostgreSQL's (the aim is on PostgreSQL)
-    debit, publish = _direct_statements()
     with host.uow() as uow:  # the ids the host's one read finds
         for params in work:
             params.update(uow.session.execute(sa.text(DIRECT_IDS), params).mappings().one())
-    queue = list(reversed(work))
+    size = max(1, group)
+    queue = [work[i:i + size] for i in range(0, len(work), size)][::-1]
     lock = threading.Lock()
     last_publish = [0.0]
     errors: list[BaseException] = []
@@ -727,33 +793,26 @@ def _direct_floor(host: Any, work: list[dict[str, Any]], concurrency: int) -> fl
                 with lock:
                     if not queue:
                         return
-                    params = queue.pop()
-                for sql in debit:
-                    cur.execute(sql, params)
-                    if cur.description is not None:
-                        rows = cur.fetchall()
-                        if sql.startswith("INSERT INTO ledger_transactions"):
-                            txn = {kind: i for i, kind, _ in rows}
-                            params["open_txn"] = txn["debt_open"]
-                            params["collect_txn"] = txn["debt_collect_online"]
+                    debits = queue.pop()
+                _direct_group(cur, debits)
                 raw.commit()
                 with lock:
                     due = time.monotonic() - last_publish[0] >= PUBLISH_EVERY_S
                     if due:
                         last_publish[0] = time.monotonic()
                 if due:
-                    cur.execute(publish[0])
+                    cur.execute(PUBLISH[0])
                     heads = cur.fetchall()
                     if heads:
-                        cur.execute(publish[1], {"head": heads[0][1]})
-                        cur.execute(publish[2])
+                        cur.execute(PUBLISH[1], {"head": heads[0][1]})
+                        cur.execute(PUBLISH[2])
                     raw.commit()
         except BaseException as exc:  # reported below
             errors.append(exc)
         finally:
             raw.close()
 
-    threads = [threading.Thread(target=run) for _ in range(concurrency)]
+    threads = [threading.Thread(target=run) for _ in range(writers)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -876,7 +935,9 @@ def run_agent_bench(*, requests: int, concurrency: int, workers: int, db_url: st
                     proc.wait()
                 log.close()
             host = _open_host(bdb, data, now, data)
-            raw_per_s = _direct_floor(host, setup.direct, concurrency)
+            # as the host grouped them: one writer per process, its mean group size
+            raw_per_s = _direct_floor(host, setup.direct, workers,
+                                      round(groups[1] / groups[0]) if groups[0] else 1)
             audit = host.reports.audit()
             host.db.dispose()
     timed = len(latencies)
