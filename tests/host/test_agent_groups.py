@@ -27,7 +27,7 @@ from tallypurse.host.db.models import (
     RequestNonce,
 )
 from tallypurse.host.db.models import WriteBackAction as ActionRow
-from tallypurse.host.errors import REPLAY, HostError
+from tallypurse.host.errors import RECORD_INVALID, REPLAY, HostError
 
 from .world import World
 
@@ -58,7 +58,7 @@ def signed_by(world: World, nonce: str | None = None) -> SignedBy:
 def waiting(world: World, req: AgentDebitRequest, signed: SignedBy | None = None) -> Waiting:
     agent = world.host.agent
     prepared = agent.prepare(world.tid, req, payload_hash(req), signed,
-                             agent.card_key(req.card_id))
+                             agent.cached_card(req.card_id))
     assert isinstance(prepared, Waiting)
     return prepared
 
@@ -225,3 +225,26 @@ def test_a_failed_group_writes_nothing_and_each_debit_is_then_taken_once(
     assert [a.status for a in again] == ["duplicate"] * 3
     assert world.host.registry.online_balance(holder) == 10_000 - 3 * 500
     assert world.host.reports.audit()["balanced"] is True
+
+
+def test_a_forged_record_is_refused_whether_or_not_the_card_was_met_before(
+        world: World) -> None:
+    holder = cardholder(world, 10_000)
+    agent = world.host.agent
+    card = world.card(holder)
+    for met_before in (False, True):  # first the card is new to the process, then kept
+        world.load(card, 1_000)
+        req = world.agent_request(world.purchase(card, 1_000, split=500,
+                                                 tx_type=TxType.CANTEEN))
+        assert (agent.cached_card(req.card_id) is not None) is met_before
+        raw = bytearray.fromhex(req.record)
+        raw[-1] ^= 1  # the TAC no longer verifies
+        forged = req.model_copy(update={"record": raw.hex()})
+        with pytest.raises(HostError) as refused:
+            agent.submit(world.tid, forged)
+        assert refused.value.what is RECORD_INVALID
+        assert agent.submit(world.tid, req).status == "accepted"
+        assert agent.cached_card(req.card_id) is not None
+    assert world.host.registry.online_balance(holder) == 10_000 - 2 * 500
+    with world.host.uow() as uow:  # the cardholder's first debit and the two genuine ones
+        assert uow.session.scalar(sa.select(sa.func.count()).select_from(Debt)) == 3

@@ -122,7 +122,6 @@ LEFT JOIN accounts m ON m.kind = 'merchant_payable' AND m.owner = t.merchant_id
 LEFT JOIN accounts o ON o.kind = 'online' AND o.owner = c.cardholder_id AND o.currency = c.currency
 WHERE t.terminal_id = :terminal_id
 """)
-CARD_KEY = "SELECT currency, public_key FROM cards WHERE card_id = :card_id"
 CARD_KEYS_KEPT = 100_000  # cards whose key a process keeps (then it starts again)
 RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
                     "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
@@ -131,19 +130,6 @@ def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
     result = plain(s, RECORD_NONCE.text, {"key_id": key_id, "nonce": nonce, "created": now})
     if result.rowcount != 1:
         raise HostError(REPLAY, "this request was seen before (nonce reused)")
-
-
-def verify_record(card: CardFacts, raw: bytes) -> SignedEvent:
-    """Parse a card-signed event and check its TAC with the card's certified key."""
-    try:
-        signed = SignedEvent.parse(raw)
-    except DecodeError as exc:
-        raise HostError(RECORD_INVALID, f"card record: {exc.message}") from None
-    if signed.event.card_id.hex() != card.card_id:
-        raise HostError(RECORD_MISMATCH, "the record is another card's")
-    if not signed.verify(bytes.fromhex(card.public_key)):
-        raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
-    return signed
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,7 +155,7 @@ class AgentDebits:
         """Take an agent debit (once per terminal and idempotency key). ``signed``: the
         request's verified signature, whose nonce is recorded in the debit's transaction."""
         digest = self.digest(terminal_id, req)
-        offered = self.offer(terminal_id, req, digest, signed, self.card_key(req.card_id))
+        offered = self.offer(terminal_id, req, digest, signed, self.cached_card(req.card_id))
         result = offered.result() if isinstance(offered, Future) else offered
         return self.finish(terminal_id, req, digest, signed, result)
 
@@ -196,15 +182,19 @@ class AgentDebits:
 
     def prepare(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                 signed: SignedBy | None, card: CardKey | None) -> Waiting | OneByOne:
-        """The debit as the group writer takes it, its card's record checked; or the
-        one-debit way for a card this process does not know or a record that fails."""
-        if card is None:
-            return OneByOne(False)
+        """The debit as the group writer takes it, its card's record checked against
+        ``card`` (:meth:`cached_card`); with no card, checked but for its signature,
+        which the group writer checks with the key its read finds. A record that fails
+        goes the one-debit way, which answers it in the usual order."""
         try:
-            event = self._check(card, terminal_id, req)
+            record = self._record(terminal_id, req)
         except HostError:
             return OneByOne(False)
-        return Waiting(terminal_id, req, digest, event, card, signed, Future())
+        if card is not None and (card.currency != req.currency
+                                 or not record.verify(bytes.fromhex(card.public_key))):
+            return OneByOne(False)
+        return Waiting(terminal_id, req, digest, record.event, card, signed, Future(),
+                       unverified=record if card is None else None)
 
     def finish(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                signed: SignedBy | None, result: Taken) -> AgentDebitAck:
@@ -224,22 +214,14 @@ class AgentDebits:
         return ack
 
     def cached_card(self, card_id: str) -> CardKey | None:
-        """:meth:`card_key` if this process holds it (no database)."""
+        """A card's certified key and currency (fixed at issuance) if this process has
+        met the card before; no database."""
         return self._card_keys.get(card_id)
 
-    def card_key(self, card_id: str) -> CardKey | None:
-        """A card's certified key and currency (fixed at issuance), kept per process;
-        None for an unknown card."""
-        found = self._card_keys.get(card_id)
-        if found is None:
-            with self.host.db.reader() as s:
-                row = plain(s, CARD_KEY, {"card_id": card_id}).first()
-            if row is None:
-                return None
-            if len(self._card_keys) >= CARD_KEYS_KEPT:
-                self._card_keys.clear()
-            found = self._card_keys[card_id] = CardKey(card_id, row.currency, row.public_key)
-        return found
+    def remember_card(self, card: CardKey) -> None:
+        if len(self._card_keys) >= CARD_KEYS_KEPT:
+            self._card_keys.clear()
+        self._card_keys[card.card_id] = card
 
     def _submit(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                 signed: SignedBy | None) -> tuple[AgentDebitAck, list[str]]:
@@ -302,9 +284,24 @@ class AgentDebits:
     def _check(self, card: CardFacts, terminal_id: str, req: AgentDebitRequest) -> CardEvent:
         if card.currency != req.currency:
             raise HostError(CURRENCY_MISMATCH, f"the card's currency is {card.currency}")
+        record = self._record(terminal_id, req)
+        if not record.verify(bytes.fromhex(card.public_key)):
+            raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
+        return record.event
+
+    @staticmethod
+    def _record(terminal_id: str, req: AgentDebitRequest) -> SignedEvent:
+        """The card's record of the split, parsed and matched with the request (its
+        signature is the caller's to check, with the card's key)."""
         if req.amount <= 0:
             raise HostError(RECORD_MISMATCH, "an agent debit is for a positive amount")
-        event = verify_record(card, hex_bytes(req.record, "record")).event
+        try:
+            record = SignedEvent.parse(hex_bytes(req.record, "record"))
+        except DecodeError as exc:
+            raise HostError(RECORD_INVALID, f"card record: {exc.message}") from None
+        if record.event.card_id.hex() != req.card_id:
+            raise HostError(RECORD_MISMATCH, "the record is another card's")
+        event = record.event
         try:
             tx_type = TxType.parse(req.tx_type)
         except BadInput as exc:
@@ -313,7 +310,7 @@ class AgentDebits:
                 or event.terminal_id.hex() != terminal_id or event.tx_type != tx_type
                 or event.currency != numeric_currency(req.currency)):
             raise HostError(RECORD_MISMATCH, "the card's record does not match this agent debit")
-        return event
+        return record
 
     # --- opening, collecting, closing debts -------------------------------------------------------
     def _open(self, s: Session, card: Card, event: CardEvent, terminal_id: str, merchant_id: str,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
-from tallypurse.core.messages import CardEvent, DebtOutcome
+from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
 from tallypurse.host.db import bulk
 from tallypurse.host.db.bulk import plain
 from tallypurse.host.errors import REPLAY, HostError
@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tallypurse.host")
 
 MAX_GROUP = 64  # debits in one transaction at most
-IDLE_S = 30.0  # the writer thread ends after this long without work (started again on demand)
+IDLE_S = 30.0  # a writer thread ends after this long without work (started again on demand)
+WRITERS = 1  # writer threads per process (more made smaller groups and cost more CPU)
 
 READ_COLUMNS: list[bulk.Column] = [("n", "bigint"), ("terminal_id", "text"),
                                    ("card_id", "text"), ("key", "text"), ("atc", "bigint")]
@@ -134,23 +135,26 @@ class Waiting:
     req: AgentDebitRequest
     digest: str
     event: CardEvent
-    card: CardKey
+    card: CardKey | None
     signed: SignedBy | None
     future: Future[Taken]
+    # the record, when ``card`` is None: its signature is checked with the key the group reads
+    unverified: SignedEvent | None = None
 
 
 class AgentGroups:
     """The writer thread of one host process (started on the first debit)."""
 
     def __init__(self, agent: AgentDebits, *, max_group: int = MAX_GROUP,
-                 idle_s: float = IDLE_S) -> None:
+                 idle_s: float = IDLE_S, writers: int = WRITERS) -> None:
         self.agent = agent
         self.host = agent.host
         self.max_group = max_group
         self.idle_s = idle_s
+        self.writers = writers
         self._queue: queue.SimpleQueue[Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
+        self._running = 0
         self.groups = 0  # groups written in this process
         self.debits = 0  # debits taken in them
         # called with (debits in the group, debits it took) after each group (metrics)
@@ -159,10 +163,10 @@ class AgentGroups:
     def take(self, item: Waiting) -> None:
         with self._lock:
             self._queue.put(item)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="agent-debit-writer",
-                                                daemon=True)
-                self._thread.start()
+            if self._running < self.writers:
+                self._running += 1
+                threading.Thread(target=self._run, name="agent-debit-writer",
+                                 daemon=True).start()
 
     def _run(self) -> None:
         while True:
@@ -171,7 +175,7 @@ class AgentGroups:
             except queue.Empty:
                 with self._lock:
                     if self._queue.empty():
-                        self._thread = None
+                        self._running -= 1
                         return
                 continue
             group = [first]
@@ -228,8 +232,8 @@ class AgentGroups:
                         or bytes.fromhex(row.public_key) != it.signed.key):
                     out[n] = TerminalChangedResult(it.terminal_id)
                 elif (row.status is None or row.card_id is None or row.prior_id is not None
-                      or row.same_id is not None or row.card_key != it.card.public_key
-                      or row.currency != it.card.currency or row.cardholder_id is None
+                      or row.same_id is not None or row.cardholder_id is None
+                      or row.currency != it.req.currency or not self._card_checked(it, row)
                       or None in (row.receivable_id, row.payable_id, row.online_id)):
                     out[n] = OneByOne(False)
                 else:
@@ -260,6 +264,17 @@ class AgentGroups:
             listener(len(group), len(taken))
         assert all(r is not None for r in out)
         return [r for r in out if r is not None]
+
+    def _card_checked(self, it: Waiting, row: _Row) -> bool:
+        """The record was checked against the key the card has (the process's kept key),
+        or checks now with the key just read, which the process then keeps."""
+        if it.card is not None:
+            return bool(row.card_key == it.card.public_key)
+        assert it.unverified is not None
+        if not it.unverified.verify(bytes.fromhex(row.card_key)):
+            return False
+        self.agent.remember_card(CardKey(row.card_id, row.currency, row.card_key))
+        return True
 
     def _record_nonces(self, s: Any, group: Sequence[Waiting], go: list[tuple[int, Any]],
                        out: list[Any], now: int, postgres: bool) -> list[tuple[int, Any]]:

@@ -51,7 +51,7 @@ ENTRY_COLUMNS: list[bulk.Column] = [
     ("list_name", "text"), ("card_id", "text"), ("op", "text"), ("reason", "text"),
     ("action_id", "text"), ("kind", "text"), ("seq", "bigint"), ("sealed", "text"),
     ("created", "bigint")]
-PUBLISH_EVERY_S = 0.05  # a hot writer (agent debits) publishes at most this often per process
+PUBLISH_EVERY_S = 0.25  # a hot writer (agent debits) publishes at most this often per process
 
 
 class Lists:

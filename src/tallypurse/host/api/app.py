@@ -379,8 +379,9 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
                                   body: bytes) -> BaseModel:
         """The hot path, on the event loop: the checks that need no database (the
         signature with the terminal's kept key, the card's record with the card's kept
-        key) here, then the debit waits for its group without holding a thread. Anything
-        that needs the database first goes to a worker thread (:func:`agent_debit`)."""
+        key, or by the group writer with the key it reads) here, then the debit waits for
+        its group without holding a thread. A terminal key this process does not hold,
+        and a debit the group gives back, go to a worker thread (:func:`agent_debit`)."""
         try:
             signed = verify_terminal(host, terminal_keys, method, url, headers, body,
                                      kept_only=True)
@@ -391,10 +392,8 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         agent = host.agent
         request = parse(api.AgentDebitRequest, body)
         digest = agent.digest(signed.terminal_id, request)
-        card = agent.cached_card(request.card_id)
-        if card is None:
-            card = await run_in_threadpool(agent.card_key, request.card_id)
-        offered = agent.offer(signed.terminal_id, request, digest, signed, card)
+        offered = agent.offer(signed.terminal_id, request, digest, signed,
+                              agent.cached_card(request.card_id))
         result = await asyncio.wrap_future(offered) if isinstance(offered, Future) else offered
         if isinstance(result, api.AgentDebitAck):
             return result
