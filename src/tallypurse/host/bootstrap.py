@@ -136,6 +136,7 @@ SWITCH_INTERVAL_S = 0.0005
 
 def app_from_env() -> FastAPI:
     """uvicorn factory: ``uvicorn --factory tallypurse.host.bootstrap:app_from_env``."""
+    import gc
     import logging
     import sys
 
@@ -149,4 +150,8 @@ def app_from_env() -> FastAPI:
     # thread holds the interpreter: with the default 5 ms switch interval each of the
     # group's round trips could wait that long for its turn.
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    return create_app(open_host(HostSettings.from_env(), create_keystore=False))
+    app = create_app(open_host(HostSettings.from_env(), create_keystore=False))
+    # Everything loaded so far lives as long as the process: keep it out of the garbage
+    # collector's full walks, which otherwise stall every request now and then.
+    gc.freeze()
+    return app
