@@ -665,9 +665,15 @@ def _driver(sql: str) -> str:
 
 def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
             rows: list[tuple[Any, ...]], returning: str = "") -> list[Any]:
-    """The host's db.bulk.insert on PostgreSQL in a pipeline (no COPY there): one INSERT
-    from arrays."""
+    """The host's db.bulk.insert on PostgreSQL: one INSERT from arrays, or COPY for many."""
+    from tallypurse.host.db.bulk import COPY_FROM
+
     names = ", ".join(c for c, _ in columns)
+    if not returning and len(rows) >= COPY_FROM:
+        with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return []
     arrays = tuple([row[i] for row in rows] for i in range(len(columns)))
     unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
     cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})"
@@ -676,8 +682,7 @@ def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
 
 
 def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
-    """One group's statements, in the host's order, with the host's statement text (the
-    caller sends them in a pipeline, as the host does)."""
+    """One group's statements, in the host's order, with the host's statement text."""
     from tallypurse.host.agent_groups import (
         CREDIT_EVENT_COLUMNS,
         DEBT_COLUMNS,
@@ -789,9 +794,8 @@ def _direct_floor(host: Any, work: list[dict[str, Any]], writers: int,
                     if not queue:
                         return
                     debits = queue.pop()
-                with raw.driver_connection.pipeline():  # as the host's group writer
-                    _direct_group(cur, debits)
-                    raw.commit()
+                _direct_group(cur, debits)
+                raw.commit()
                 with lock:
                     due = time.monotonic() - last_publish[0] >= PUBLISH_EVERY_S
                     if due:

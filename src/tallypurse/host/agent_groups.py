@@ -238,19 +238,17 @@ class AgentGroups:
                     out[n] = OneByOne(False)
                 else:
                     go.append((n, row))
-            with bulk.pipelined(s):  # what needs no answer goes with the next that does
-                go = self._record_nonces(s, group, go, out, now, postgres)
-                balances = self._lock_online(s, sorted({int(r.online_id) for _, r in go}),
-                                             postgres)
-                for n, row in go:
-                    amount = group[n].req.amount
-                    if -balances[int(row.online_id)] >= amount:
-                        balances[int(row.online_id)] += amount
-                        taken.append((n, row))
-                    else:  # too little online: the bank or collection, one by one
-                        out[n] = OneByOne(group[n].signed is not None)
-                booked = self._book(s, group, taken, now) if taken else []
-                uow.commit()
+            go = self._record_nonces(s, group, go, out, now, postgres)
+            balances = self._lock_online(s, sorted({int(r.online_id) for _, r in go}), postgres)
+            for n, row in go:
+                amount = group[n].req.amount
+                if -balances[int(row.online_id)] >= amount:
+                    balances[int(row.online_id)] += amount
+                    taken.append((n, row))
+                else:  # too little online: the bank or collection, one by one
+                    out[n] = OneByOne(group[n].signed is not None)
+            booked = self._book(s, group, taken, now) if taken else []
+            uow.commit()
         for (n, _), (debt_id, seq) in zip(taken, booked, strict=True):
             it = group[n]
             out[n] = AgentDebitAck(idempotency_key=it.req.idempotency_key, status="accepted",

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from types import SimpleNamespace
 from typing import Any
 
@@ -93,27 +92,6 @@ class _Cursor:
                                                           strict=True)})
 
 
-PIPELINED = "tallypurse_pipelined"  # Session.info: its statements go in a pipeline
-
-
-@contextmanager
-def pipelined(s: Session) -> Iterator[None]:
-    """PostgreSQL: the session's statements in pipeline mode (psycopg): a statement whose
-    answer nobody reads goes to the server with the next one whose answer is read (or the
-    commit), so that a transaction of many statements takes few round trips. Inserts use
-    no COPY meanwhile (COPY cannot run in a pipeline). Elsewhere: nothing changes."""
-    if not is_postgres(s):
-        yield
-        return
-    driver = s.connection().connection.driver_connection
-    s.info[PIPELINED] = True
-    try:
-        with driver.pipeline():  # type: ignore[union-attr]
-            yield
-    finally:
-        s.info.pop(PIPELINED, None)
-
-
 def _cursor(s: Session) -> _Cursor:
     return _Cursor(s)
 
@@ -166,7 +144,7 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     names = ", ".join(c for c, _ in columns)
     cur = _cursor(s)
     if is_postgres(s):
-        if not returning and len(rows) >= COPY_FROM and not s.info.get(PIPELINED):
+        if not returning and len(rows) >= COPY_FROM:
             cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
             return []
         tail = f" RETURNING {returning}" if returning else ""
