@@ -691,7 +691,7 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
         NONCES_PG,
         READ_COLUMNS,
     )
-    from tallypurse.host.ledger import BULK_BALANCES, POSTING_COLUMNS, TXN_COLUMNS
+    from tallypurse.host.ledger import POSTING_COLUMNS, TXN_COLUMNS
     from tallypurse.host.lists import ENTRY_COLUMNS
     from tallypurse.host.writeback import ACTION_COLUMNS, LOCK_CARDS, NEXT_SEQS
 
@@ -750,17 +750,17 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
     _insert(cur, "list_entries", ENTRY_COLUMNS, [
         ("actions", w["card_id"], "add", "", w["key"], "settle_debt", w["atc"], w["record"],
          w["time"]) for w in group])
-    changes = sorted(balances.items())
-    if len(changes) > BULK_BALANCES:
+    changes = sorted((i, d) for i, d in balances.items() if d)
+    if len(changes) == 1:
+        cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
+                    (changes[0][1], changes[0][0]))
+    elif changes:
         cur.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id "
                     "FOR NO KEY UPDATE", ([i for i, _ in changes],))
         cur.execute("UPDATE accounts SET balance = accounts.balance + v.balance FROM "
                     "unnest(%s::bigint[], %s::bigint[]) AS v(id, balance) "
                     "WHERE accounts.id = v.id",
                     ([i for i, _ in changes], [d for _, d in changes]))
-    else:
-        cur.executemany("UPDATE accounts SET balance = balance + %(delta)s WHERE id = %(id)s",
-                        [{"id": i, "delta": d} for i, d in changes])
 
 
 def _direct_floor(host: Any, work: list[dict[str, Any]], writers: int,

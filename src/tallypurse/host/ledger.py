@@ -68,7 +68,6 @@ TXN_COLUMNS: list[bulk.Column] = [
 POSTING_COLUMNS: list[bulk.Column] = [
     ("transaction_id", "bigint"), ("account_id", "bigint"), ("amount", "bigint"),
     ("currency", "text")]
-BULK_BALANCES = 8  # more account balances than this move in one statement
 PENDING_BALANCES = "tallypurse_ledger_balances"  # Session.info: account id -> delta to apply
 CREATED_ACCOUNTS = "tallypurse_ledger_created"  # Session.info: ids of accounts made by this txn
 
@@ -287,17 +286,17 @@ class Ledger:
         if not changes:
             return
         postgres = bulk.is_postgres(s)
-        if not postgres or len(changes) > BULK_BALANCES:
-            if postgres:
-                s.connection().exec_driver_sql(
-                    "SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE",
-                    ([aid for aid, _ in changes],))
-            # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
-            bulk.update(s, "accounts", ("id", "bigint"),
-                        [("balance", "bigint", "{t} + {v}")], changes)
+        if postgres and len(changes) == 1:
+            (aid, delta), = changes
+            bulk.plain(s, "UPDATE accounts SET balance = balance + :delta WHERE id = :id",
+                       {"id": aid, "delta": delta})
             return
-        bulk.plain_many(s, "UPDATE accounts SET balance = balance + :delta WHERE id = :id",
-                        [{"id": aid, "delta": d} for aid, d in changes])
+        if postgres:  # two statements whatever the number (psycopg's executemany spins)
+            bulk.plain(s, "SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id "
+                          "FOR NO KEY UPDATE", {"ids": [aid for aid, _ in changes]})
+        # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
+        bulk.update(s, "accounts", ("id", "bigint"),
+                    [("balance", "bigint", "{t} + {v}")], changes)
 
     def exists(self, kind: str, reference: str) -> bool:
         return self.session.scalar(
