@@ -681,6 +681,27 @@ def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
     return list(cur.fetchall()) if returning else []
 
 
+def _insert_all(cur: Any, parts: list[tuple[str, list[tuple[str, str]],
+                                           list[tuple[Any, ...]]]]) -> None:
+    """The host's db.bulk.insert_all on PostgreSQL: one statement, or COPY for many rows."""
+    from tallypurse.host.db.bulk import COPY_FROM
+
+    if any(len(rows) >= COPY_FROM for _, _, rows in parts):
+        for table, columns, rows in parts:
+            _insert(cur, table, columns, rows)
+        return
+    statements: list[str] = []
+    params: list[list[Any]] = []
+    for table, columns, rows in parts:
+        names = ", ".join(c for c, _ in columns)
+        unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
+        statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})")
+        params.extend([row[i] for row in rows] for i in range(len(columns)))
+    *first, last = statements
+    cur.execute("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
+                + " " + last, params)
+
+
 def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
     """One group's statements, in the host's order, with the host's statement text."""
     from tallypurse.host.agent_groups import (
@@ -728,13 +749,6 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
         balances[w["payable_id"]] = balances.get(w["payable_id"], 0) - w["amount"]
         balances[w["online_id"]] = balances.get(w["online_id"], 0) + w["amount"]
     _insert(cur, "postings", POSTING_COLUMNS, postings)
-    _insert(cur, "debts", DEBT_COLUMNS, [
-        (w["key"], w["card_id"], w["atc"], w["amount"], "EUR", w["terminal_id"],
-         w["merchant_id"], w["holder"], 1, w["key"], w["key"], "settled", "agent", w["time"],
-         w["time"], w["time"], 0) for w in group])
-    _insert(cur, "credit_events", CREDIT_EVENT_COLUMNS, [
-        (w["holder"], w["card_id"], "debt_settled_online", w["amount"], w["key"], w["time"])
-        for w in group])
     cards: dict[str, int] = {}
     for w in group:
         cards[w["card_id"]] = cards.get(w["card_id"], 0) + 1
@@ -744,12 +758,21 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
     cur.execute(_driver(NEXT_SEQS), {"ids": [c for c, _ in ordered],
                                      "ns": [n for _, n in ordered]})
     cur.fetchall()
-    _insert(cur, "writeback_actions", ACTION_COLUMNS, [
-        (w["key"], w["card_id"], "settle_debt", w["atc"], w["record"], w["record"], "pending",
-         w["key"], w["time"]) for w in group])
-    _insert(cur, "list_entries", ENTRY_COLUMNS, [
-        ("actions", w["card_id"], "add", "", w["key"], "settle_debt", w["atc"], w["record"],
-         w["time"]) for w in group])
+    # the debts, credit events, write-backs and list entries in one statement (WITH ...)
+    _insert_all(cur, [
+        ("debts", DEBT_COLUMNS, [
+            (w["key"], w["card_id"], w["atc"], w["amount"], "EUR", w["terminal_id"],
+             w["merchant_id"], w["holder"], 1, w["key"], w["key"], "settled", "agent",
+             w["time"], w["time"], w["time"], 0) for w in group]),
+        ("credit_events", CREDIT_EVENT_COLUMNS, [
+            (w["holder"], w["card_id"], "debt_settled_online", w["amount"], w["key"],
+             w["time"]) for w in group]),
+        ("writeback_actions", ACTION_COLUMNS, [
+            (w["key"], w["card_id"], "settle_debt", w["atc"], w["record"], w["record"],
+             "pending", w["key"], w["time"]) for w in group]),
+        ("list_entries", ENTRY_COLUMNS, [
+            ("actions", w["card_id"], "add", "", w["key"], "settle_debt", w["atc"],
+             w["record"], w["time"]) for w in group])])
     changes = sorted((i, d) for i, d in balances.items() if d)
     if len(changes) == 1:
         cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",

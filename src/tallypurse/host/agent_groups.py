@@ -357,12 +357,12 @@ class AgentGroups:
                            debt_id, now))
             actions.append((GroupRow(row.card_id, int(row.app_key_version)), "settle_debt",
                             DebtOutcome(event.atc, event.split).to_bytes(), debt_id))
-        bulk.insert(s, "debts", DEBT_COLUMNS, debts)
         Ledger(s, now).post_many(entries, known=known)
-        bulk.insert(s, "credit_events", CREDIT_EVENT_COLUMNS, events)
         for _, row in taken:
             host.credit.note_event(s, row.cardholder_id, "debt_settled_online")
-        published = host.writebacks.publish_many(s, actions)
+        # the debts and credit events go in one statement with the write-backs
+        published = host.writebacks.publish_many(s, actions, beside=[
+            ("debts", DEBT_COLUMNS, debts), ("credit_events", CREDIT_EVENT_COLUMNS, events)])
         return [(debt_id, done.seq) for debt_id, done in zip(debt_ids, published, strict=True)]
 
 

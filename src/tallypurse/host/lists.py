@@ -70,14 +70,23 @@ class Lists:
         writer's, or the next read's)."""
         if not entries:
             return
+        # one statement whatever their number, in this order (they are numbered by id)
+        bulk.insert(session, "list_entries", ENTRY_COLUMNS, self.rows(name, entries))
+        self.publish_after(session, name, hot=hot)
+
+    def rows(self, name: ListName, entries: list[dict[str, object]]) -> list[tuple[object, ...]]:
+        """The ``list_entries`` rows (``ENTRY_COLUMNS``) of :meth:`append`, for a caller
+        that inserts them with its own rows (then :meth:`publish_after`)."""
         now = self.host.now()
         rows = []
         for e in entries:
             row = {"list_name": name, "created": now, "reason": "", "action_id": None,
                    "kind": None, "seq": None, "sealed": None, **e}
             rows.append(tuple(row[c] for c, _ in ENTRY_COLUMNS))
-        # one statement whatever their number, in this order (they are numbered by id)
-        bulk.insert(session, "list_entries", ENTRY_COLUMNS, rows)
+        return rows
+
+    def publish_after(self, session: Session, name: ListName, *, hot: bool = False) -> None:
+        """Number the list's new entries once the session's transaction commits."""
         after_commit(session, f"lists.publish.{name}{'.hot' if hot else ''}",
                      (lambda: self._publish_after_commit(name, hot)))
 

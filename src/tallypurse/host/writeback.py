@@ -30,7 +30,7 @@ from tallypurse.host.db.bulk import plain
 from tallypurse.host.db.models import Card
 from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.errors import NOT_FOUND, RECORD_INVALID, RECORD_MISMATCH, HostError
-from tallypurse.host.lists import ACTIONS
+from tallypurse.host.lists import ACTIONS, ENTRY_COLUMNS
 from tallypurse.host.tsm.keys import app_key
 
 from .common import hex_bytes, log_event
@@ -121,6 +121,8 @@ class WriteBacks:
         return done
 
     def publish_many(self, session: Session, wanted: Sequence[tuple[CardKeys, str, bytes, str]],
+                     *, beside: Sequence[tuple[str, Sequence[bulk.Column],
+                                               Sequence[Sequence[object]]]] = (),
                      ) -> list[Published]:
         """:meth:`publish` for many actions at once (a group of agent debits): each is
         (card, kind, payload, debt id); a card may appear more than once. The cards' rows
@@ -128,7 +130,9 @@ class WriteBacks:
         sequence numbers moved by one statement, the actions and their list entries
         written in bulk; the list entries are published as :meth:`publish` ``hot`` does.
         It logs nothing: the caller logs each action with its own event (one line per
-        agent debit, with the write-back's number)."""
+        agent debit, with the write-back's number). ``beside``: the caller's own rows
+        (table, columns, rows), inserted first, in the same statement
+        (:func:`tallypurse.host.db.bulk.insert_all`)."""
         if not wanted:
             return []
         counts = Counter(card.card_id for card, _, _, _ in wanted)
@@ -156,8 +160,11 @@ class WriteBacks:
             done.append(one)
             rows.append((one.action_id, card.card_id, kind, seq, payload.hex(), one.sealed,
                          "pending", debt_id, now))
-        bulk.insert(session, "writeback_actions", ACTION_COLUMNS, rows)
-        self.host.lists.append(session, ACTIONS, [self._entry(d, "add") for d in done], hot=True)
+        lists = self.host.lists
+        bulk.insert_all(session, [*beside, ("writeback_actions", ACTION_COLUMNS, rows),
+                                  ("list_entries", ENTRY_COLUMNS, lists.rows(
+                                      ACTIONS, [self._entry(d, "add") for d in done]))])
+        lists.publish_after(session, ACTIONS, hot=True)
         return done
 
     @staticmethod

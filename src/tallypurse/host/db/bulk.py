@@ -158,6 +158,30 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     return []
 
 
+def insert_all(s: Session, tables: Sequence[tuple[str, Sequence[Column],
+                                                  Sequence[Sequence[Any]]]]) -> None:
+    """:func:`insert` into several tables, in this order: on PostgreSQL one statement (each
+    table but the last an INSERT in a ``WITH``; foreign keys are checked when the whole
+    statement ends, so a row may refer to one inserted beside it), one round trip; COPY
+    instead, table by table, when one of them has many rows."""
+    parts = [(t, c, r) for t, c, r in tables if r]
+    if not parts:
+        return
+    if not is_postgres(s) or len(parts) == 1 or any(len(r) >= COPY_FROM for _, _, r in parts):
+        for table, columns, rows in parts:
+            insert(s, table, columns, rows)
+        return
+    statements: list[str] = []
+    params: list[list[Any]] = []
+    for table, columns, rows in parts:
+        names = ", ".join(c for c, _ in columns)
+        statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}")
+        params.extend(_arrays(len(columns), rows))
+    *first, last = statements
+    ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
+    _cursor(s).execute(f"WITH {ctes} {last}", params)
+
+
 def update(s: Session, table: str, key: Column, columns: Sequence[tuple[str, str, str]],
            rows: Sequence[Sequence[Any]]) -> None:
     """UPDATE ``table`` row by row: each row is (key value, value per column). A column is
