@@ -1024,8 +1024,13 @@ def bench_agent(
         typer.echo(f"  floor: the same statements issued directly  "
                    f"{result['raw_db_per_s']:,.0f} /s   ratio {result['ratio_to_raw_db']}")
     if result["server_cpu_ms_per_debit"] is not None:
+        database = (f", database {result['db_cpu_ms_per_debit']} ms"
+                    if result["db_cpu_ms_per_debit"] is not None else "")
         typer.echo(f"  CPU per debit: host serve {result['server_cpu_ms_per_debit']} ms, "
-                   f"client {result['client_cpu_ms_per_debit']} ms")
+                   f"client {result['client_cpu_ms_per_debit']} ms{database}")
+    if result["groups"]:
+        typer.echo(f"  written in {result['groups']:,} groups of {result['group_mean']} debits "
+                   f"on average, {result['group_mean_ms']} ms each")
     typer.echo(f"  answers {result['statuses']}, ledger balanced: {result['ledger_balanced']}")
 
 
