@@ -17,6 +17,11 @@ signed record of the split debit, then:
 Every outcome is published as a write-back (settle or fail the card's debt
 slot). The debt is unique per (card, ATC) whoever reports it first: the agent
 debit, or clearing when the split debit's batch arrives before it.
+
+The common case (2, with accounts already in use) is written for many debits at
+once by the process's group writer (:mod:`tallypurse.host.agent_groups`); every
+other case, and any debit a group gives back, is taken here one at a time
+(:meth:`AgentDebits._submit`), with the same rows.
 """
 
 from __future__ import annotations
