@@ -248,3 +248,40 @@ def test_a_forged_record_is_refused_whether_or_not_the_card_was_met_before(
     assert world.host.registry.online_balance(holder) == 10_000 - 2 * 500
     with world.host.uow() as uow:  # the cardholder's first debit and the two genuine ones
         assert uow.session.scalar(sa.select(sa.func.count()).select_from(Debt)) == 3
+
+
+def test_a_request_cancelled_before_its_group_is_dropped_and_the_writer_goes_on(
+        world: World) -> None:
+    holder = cardholder(world, 10_000)
+    gone, kept, last = (waiting(world, split_request(world, holder), signed_by(world))
+                        for _ in range(3))
+    groups = world.host.agent.groups
+    groups._queue.put(gone)
+    assert gone.future.cancel()  # its client went away while it waited
+    groups._queue.put(kept)
+    groups.take(last)
+    assert isinstance(kept.future.result(timeout=30), AgentDebitAck)
+    assert isinstance(last.future.result(timeout=30), AgentDebitAck)
+    later = world.host.agent.submit(world.tid, split_request(world, holder))
+    assert later.status == "accepted"  # the writer still takes debits
+    with world.host.uow() as uow:
+        keys = set(uow.session.scalars(sa.select(Debt.idempotency_key)))
+    assert gone.req.idempotency_key not in keys
+    assert {kept.req.idempotency_key, last.req.idempotency_key} <= keys
+    assert world.host.registry.online_balance(holder) == 10_000 - 3 * 500
+
+
+def test_a_failing_report_after_commit_does_not_undo_the_answers(world: World) -> None:
+    holder = cardholder(world, 10_000)
+    item = waiting(world, split_request(world, holder), signed_by(world))
+    groups = world.host.agent.groups
+
+    def broken(debits: int, taken: int) -> None:
+        raise RuntimeError("the metrics are down")
+
+    groups.listeners.append(broken)
+    (result,) = groups.write([item])
+    assert isinstance(result, AgentDebitAck) and result.status == "accepted"
+    again = finish(world, item, OneByOne(True))  # the terminal's retry: the same debt
+    assert (again.status, again.debt_id) == ("duplicate", result.debt_id)
+    assert world.host.registry.online_balance(holder) == 10_000 - 500

@@ -666,7 +666,7 @@ def _driver(sql: str) -> str:
 def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
             rows: list[tuple[Any, ...]], returning: str = "") -> list[Any]:
     """The host's db.bulk.insert on PostgreSQL: one INSERT from arrays, or COPY for many."""
-    from tallypurse.host.db.bulk import COPY_FROM
+    from tallypurse.host.db.bulk import COPY_FROM, array_literal
 
     names = ", ".join(c for c, _ in columns)
     if not returning and len(rows) >= COPY_FROM:
@@ -674,7 +674,7 @@ def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
             for row in rows:
                 copy.write_row(row)
         return []
-    arrays = tuple([row[i] for row in rows] for i in range(len(columns)))
+    arrays = tuple(array_literal([row[i] for row in rows]) for i in range(len(columns)))
     unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
     cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})"
                 + (f" RETURNING {returning}" if returning else ""), arrays)
@@ -684,19 +684,19 @@ def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
 def _insert_all(cur: Any, parts: list[tuple[str, list[tuple[str, str]],
                                            list[tuple[Any, ...]]]]) -> None:
     """The host's db.bulk.insert_all on PostgreSQL: one statement, or COPY for many rows."""
-    from tallypurse.host.db.bulk import COPY_FROM
+    from tallypurse.host.db.bulk import COPY_FROM, array_literal
 
     if any(len(rows) >= COPY_FROM for _, _, rows in parts):
         for table, columns, rows in parts:
             _insert(cur, table, columns, rows)
         return
     statements: list[str] = []
-    params: list[list[Any]] = []
+    params: list[str] = []
     for table, columns, rows in parts:
         names = ", ".join(c for c, _ in columns)
         unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
         statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})")
-        params.extend([row[i] for row in rows] for i in range(len(columns)))
+        params.extend(array_literal([row[i] for row in rows]) for i in range(len(columns)))
     *first, last = statements
     cur.execute("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
                 + " " + last, params)
@@ -712,6 +712,7 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
         NONCES_PG,
         READ_COLUMNS,
     )
+    from tallypurse.host.db.bulk import array_literal
     from tallypurse.host.ledger import POSTING_COLUMNS, TXN_COLUMNS
     from tallypurse.host.lists import ENTRY_COLUMNS
     from tallypurse.host.writeback import ACTION_COLUMNS, LOCK_CARDS, NEXT_SEQS
@@ -719,15 +720,23 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
     read_cols = ", ".join(c for c, _ in READ_COLUMNS)
     cur.execute(f"WITH v({read_cols}) AS (SELECT * FROM unnest("
                 + ", ".join(f"%s::{t}[]" for _, t in READ_COLUMNS) + f")) {GROUP_READ}",
-                ([n for n in range(len(group))], [w["terminal_id"] for w in group],
-                 [w["card_id"] for w in group], [w["key"] for w in group],
-                 [w["atc"] for w in group]))
+                tuple(array_literal(c) for c in (
+                    list(range(len(group))), [w["terminal_id"] for w in group],
+                    [w["card_id"] for w in group], [w["key"] for w in group],
+                    [w["atc"] for w in group])))
     cur.fetchall()
-    cur.execute(_driver(NONCES_PG), {"keys": [w["key_id"] for w in group],
-                                     "nonces": [w["nonce"] for w in group],
-                                     "created": [w["created"] for w in group]})
+    cur.execute(_driver(NONCES_PG), {"keys": array_literal([w["key_id"] for w in group]),
+                                     "nonces": array_literal([w["nonce"] for w in group]),
+                                     "created": array_literal([w["created"] for w in group])})
     cur.fetchall()
-    cur.execute(_driver(LOCK_ONLINE_PG), {"ids": sorted({w["online_id"] for w in group})})
+    cards: dict[str, int] = {}
+    for w in group:
+        cards[w["card_id"]] = cards.get(w["card_id"], 0) + 1
+    ordered = sorted(cards.items())
+    cur.execute(_driver(LOCK_CARDS), {"ids": array_literal([c for c, _ in ordered])})
+    cur.fetchall()
+    cur.execute(_driver(LOCK_ONLINE_PG),
+                {"ids": array_literal(sorted({w["online_id"] for w in group}))})
     cur.fetchall()
     day = dt.date.fromtimestamp(group[0]["time"])
     txns = []
@@ -749,14 +758,8 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
         balances[w["payable_id"]] = balances.get(w["payable_id"], 0) - w["amount"]
         balances[w["online_id"]] = balances.get(w["online_id"], 0) + w["amount"]
     _insert(cur, "postings", POSTING_COLUMNS, postings)
-    cards: dict[str, int] = {}
-    for w in group:
-        cards[w["card_id"]] = cards.get(w["card_id"], 0) + 1
-    ordered = sorted(cards.items())
-    cur.execute(_driver(LOCK_CARDS), {"ids": [c for c, _ in ordered]})
-    cur.fetchall()
-    cur.execute(_driver(NEXT_SEQS), {"ids": [c for c, _ in ordered],
-                                     "ns": [n for _, n in ordered]})
+    cur.execute(_driver(NEXT_SEQS), {"ids": array_literal([c for c, _ in ordered]),
+                                     "ns": array_literal([n for _, n in ordered])})
     cur.fetchall()
     # the debts, credit events, write-backs and list entries in one statement (WITH ...)
     _insert_all(cur, [
@@ -778,12 +781,13 @@ def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:
         cur.execute("UPDATE accounts SET balance = balance + %s WHERE id = %s",
                     (changes[0][1], changes[0][0]))
     elif changes:
-        cur.execute("SELECT id FROM accounts WHERE id = ANY(%s) ORDER BY id "
-                    "FOR NO KEY UPDATE", ([i for i, _ in changes],))
+        cur.execute("SELECT id FROM accounts WHERE id = ANY(CAST(%s AS bigint[])) "
+                    "ORDER BY id FOR NO KEY UPDATE", (array_literal([i for i, _ in changes]),))
         cur.execute("UPDATE accounts SET balance = accounts.balance + v.balance FROM "
                     "unnest(%s::bigint[], %s::bigint[]) AS v(id, balance) "
                     "WHERE accounts.id = v.id",
-                    ([i for i, _ in changes], [d for _, d in changes]))
+                    (array_literal([i for i, _ in changes]),
+                     array_literal([d for _, d in changes])))
 
 
 def _direct_floor(host: Any, work: list[dict[str, Any]], writers: int,

@@ -262,8 +262,9 @@ class AgentDebits:
                            row.app_key_version)
             event = self._check(card, terminal_id, req)
             merchant_id: str = row.merchant_id
-            # Everything else (a debt already known, no online funds: the bank, collection)
-            card_row = self.host.registry.card(s, req.card_id)
+            # Everything else (a debt already known, no online funds: the bank, collection).
+            # The card is locked first, as every path does (then the online account).
+            card_row = self.host.registry.card(s, req.card_id, lock=True)
             if row.same_id is not None:
                 same = s.get(Debt, row.same_id)
                 assert same is not None

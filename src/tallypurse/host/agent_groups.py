@@ -21,8 +21,9 @@ was checked against that changed. If the group's transaction fails (a race lost 
 another process on a unique constraint, a deadlock, a refusing database), nothing
 of it is written and every debit of the group goes the one-debit way.
 
-Locks are taken in one order by every group: the online accounts (by id), the
-cards (by card id), then, at commit, the ledger balances (by account id).
+Locks are taken in the order of every other path (online authorisations, loads,
+clearing, the one-debit way): the cards (by card id), the online accounts (by id),
+then, at commit, the ledger balances (by account id).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
 from tallypurse.core.messages import CardEvent, DebtOutcome, SignedEvent
 from tallypurse.host.db import bulk
-from tallypurse.host.db.bulk import plain
+from tallypurse.host.db.bulk import array_literal, plain
 from tallypurse.host.errors import REPLAY, HostError
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 from tallypurse.host.tms import terminal_refusal
+from tallypurse.host.writeback import LOCK_CARDS
 
 from .common import log_event, new_id
 
@@ -82,7 +84,8 @@ NONCES_PG = ("INSERT INTO request_nonces (key_id, nonce, created) "
              "CAST(:created AS bigint[])) ON CONFLICT DO NOTHING RETURNING key_id, nonce")
 NONCE_ONE = ("INSERT INTO request_nonces (key_id, nonce, created) "
              "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
-LOCK_ONLINE_PG = ("SELECT id, balance FROM accounts WHERE id = ANY(:ids) ORDER BY id "
+LOCK_ONLINE_PG = ("SELECT id, balance FROM accounts WHERE id = ANY(CAST(:ids AS bigint[])) "
+                  "ORDER BY id "
                   "FOR NO KEY UPDATE")
 DEBT_COLUMNS: list[bulk.Column] = [
     ("id", "text"), ("card_id", "text"), ("atc", "bigint"), ("amount", "bigint"),
@@ -169,22 +172,38 @@ class AgentGroups:
                                  daemon=True).start()
 
     def _run(self) -> None:
-        while True:
-            try:
-                first = self._queue.get(timeout=self.idle_s)
-            except queue.Empty:
-                with self._lock:
-                    if self._queue.empty():
-                        self._running -= 1
-                        return
-                continue
-            group = [first]
-            while len(group) < self.max_group:
+        group: list[Waiting] = []
+        try:
+            while True:
                 try:
-                    group.append(self._queue.get_nowait())
+                    first = self._queue.get(timeout=self.idle_s)
                 except queue.Empty:
-                    break
-            self._write(group)
+                    with self._lock:
+                        if self._queue.empty():
+                            self._running -= 1
+                            return
+                    continue
+                group = [first]
+                while len(group) < self.max_group:
+                    try:
+                        group.append(self._queue.get_nowait())
+                    except queue.Empty:
+                        break
+                # A request that was cancelled (its client gone) is dropped here, before
+                # anything is written for it; the others can no longer be cancelled.
+                group = [it for it in group if it.future.set_running_or_notify_cancel()]
+                if group:
+                    self._write(group)
+                group = []
+        except BaseException:
+            # Never leave a request waiting: what this thread held goes one by one, and
+            # the next debit starts a new writer.
+            for it in group:
+                if not it.future.done():
+                    it.future.set_result(OneByOne(False))
+            with self._lock:
+                self._running -= 1
+            raise
 
     def _write(self, group: list[Waiting]) -> None:
         try:
@@ -239,6 +258,10 @@ class AgentGroups:
                 else:
                     go.append((n, row))
             go = self._record_nonces(s, group, go, out, now, postgres)
+            # Locks in the order every path takes them: the cards (card order), then the
+            # online accounts (id order), then, at commit, the balances (id order).
+            if postgres and go:
+                plain(s, LOCK_CARDS, {"ids": array_literal(sorted({r.card_id for _, r in go}))})
             balances = self._lock_online(s, sorted({int(r.online_id) for _, r in go}), postgres)
             for n, row in go:
                 amount = group[n].req.amount
@@ -249,21 +272,25 @@ class AgentGroups:
                     out[n] = OneByOne(group[n].signed is not None)
             booked = self._book(s, group, taken, now) if taken else []
             uow.commit()
-        for (n, _), (debt_id, seq) in zip(taken, booked, strict=True):
-            it = group[n]
-            out[n] = AgentDebitAck(idempotency_key=it.req.idempotency_key, status="accepted",
-                                   debt_id=debt_id)
-            log_event("agent_debit", terminal=it.terminal_id, card=it.req.card_id,
-                      atc=it.req.atc, amount=it.req.amount, debt=debt_id, status="settled",
-                      writeback_seq=seq)
+        # Committed: from here on nothing may turn the group into a failure.
+        for (n, _), (debt_id, _seq) in zip(taken, booked, strict=True):
+            out[n] = AgentDebitAck(idempotency_key=group[n].req.idempotency_key,
+                                   status="accepted", debt_id=debt_id)
         self.groups += 1
         self.debits += len(taken)
-        log_event("agent_debit_group", debits=len(group), taken=len(taken),
-                  ms=round((time.perf_counter() - started) * 1000, 2))
-        for listener in list(self.listeners):
-            listener(len(group), len(taken))
-        assert all(r is not None for r in out)
-        return [r for r in out if r is not None]
+        try:
+            for (n, _), (debt_id, seq) in zip(taken, booked, strict=True):
+                it = group[n]
+                log_event("agent_debit", terminal=it.terminal_id, card=it.req.card_id,
+                          atc=it.req.atc, amount=it.req.amount, debt=debt_id,
+                          status="settled", writeback_seq=seq)
+            log_event("agent_debit_group", debits=len(group), taken=len(taken),
+                      ms=round((time.perf_counter() - started) * 1000, 2))
+            for listener in list(self.listeners):
+                listener(len(group), len(taken))
+        except Exception:  # a log or a metric: the debits stand, their answers too
+            log.warning('{"event": "agent_group_report_failed"}', exc_info=True)
+        return [r if r is not None else OneByOne(False) for r in out]
 
     def _card_checked(self, it: Waiting, row: _Row) -> bool:
         """The record was checked against the key the card has (the process's kept key),
@@ -285,9 +312,11 @@ class AgentGroups:
         fresh: set[tuple[str, str]] = set()
         if postgres:
             cur = plain(s, NONCES_PG, {
-                "keys": [group[n].signed.terminal_id for n, _ in signed],  # type: ignore[union-attr]
-                "nonces": [group[n].signed.nonce for n, _ in signed],  # type: ignore[union-attr]
-                "created": [now] * len(signed)})
+                "keys": array_literal(
+                    [group[n].signed.terminal_id for n, _ in signed]),  # type: ignore[union-attr]
+                "nonces": array_literal(
+                    [group[n].signed.nonce for n, _ in signed]),  # type: ignore[union-attr]
+                "created": array_literal([now] * len(signed))})
             fresh = {(k, v) for k, v in cur.fetchall()}
         else:  # SQLite: in-process, one statement per nonce costs no round trip
             for n, _ in signed:
@@ -310,7 +339,7 @@ class AgentGroups:
         if not ids:
             return {}
         if postgres:
-            cur = plain(s, LOCK_ONLINE_PG, {"ids": ids})
+            cur = plain(s, LOCK_ONLINE_PG, {"ids": array_literal(ids)})
         else:
             marks = ", ".join(f":a{i}" for i in range(len(ids)))
             cur = plain(s, f"SELECT id, balance FROM accounts WHERE id IN ({marks})",

@@ -292,8 +292,9 @@ class Ledger:
                        {"id": aid, "delta": delta})
             return
         if postgres:  # two statements whatever the number (psycopg's executemany spins)
-            bulk.plain(s, "SELECT id FROM accounts WHERE id = ANY(:ids) ORDER BY id "
-                          "FOR NO KEY UPDATE", {"ids": [aid for aid, _ in changes]})
+            bulk.plain(s, "SELECT id FROM accounts WHERE id = ANY(CAST(:ids AS bigint[])) "
+                          "ORDER BY id FOR NO KEY UPDATE",
+                       {"ids": bulk.array_literal([aid for aid, _ in changes])})
         # SQLite: this transaction holds the database's write lock (BEGIN IMMEDIATE)
         bulk.update(s, "accounts", ("id", "bigint"),
                     [("balance", "bigint", "{t} + {v}")], changes)

@@ -51,7 +51,8 @@ NEXT_SEQ = text("UPDATE cards SET writeback_seq = writeback_seq + 1 WHERE card_i
                 "RETURNING writeback_seq")
 NEXT_SEQ_BY = ("UPDATE cards SET writeback_seq = writeback_seq + :n WHERE card_id = :card_id "
                "RETURNING writeback_seq")
-LOCK_CARDS = ("SELECT card_id FROM cards WHERE card_id = ANY(:ids) ORDER BY card_id "
+LOCK_CARDS = ("SELECT card_id FROM cards WHERE card_id = ANY(CAST(:ids AS text[])) "
+              "ORDER BY card_id "
               "FOR NO KEY UPDATE")  # as the UPDATE below would: debts hold key-share locks
 NEXT_SEQS = ("UPDATE cards SET writeback_seq = cards.writeback_seq + v.n "
              "FROM unnest(CAST(:ids AS text[]), CAST(:ns AS bigint[])) AS v(card_id, n) "
@@ -125,10 +126,11 @@ class WriteBacks:
                                                Sequence[Sequence[object]]]] = (),
                      ) -> list[Published]:
         """:meth:`publish` for many actions at once (a group of agent debits): each is
-        (card, kind, payload, debt id); a card may appear more than once. The cards' rows
-        are locked in card order (no deadlock with another group that shares cards), their
-        sequence numbers moved by one statement, the actions and their list entries
-        written in bulk; the list entries are published as :meth:`publish` ``hot`` does.
+        (card, kind, payload, debt id); a card may appear more than once. The caller has
+        locked the cards' rows in card order (``LOCK_CARDS``: no deadlock with another
+        writer that shares cards); their sequence numbers move by one statement, the
+        actions and their list entries are written in bulk; the list entries are
+        published as :meth:`publish` ``hot`` does.
         It logs nothing: the caller logs each action with its own event (one line per
         agent debit, with the write-back's number). ``beside``: the caller's own rows
         (table, columns, rows), inserted first, in the same statement
@@ -138,10 +140,9 @@ class WriteBacks:
         counts = Counter(card.card_id for card, _, _, _ in wanted)
         ordered = sorted(counts.items())
         top: dict[str, int] = {}
-        if bulk.is_postgres(session):
-            plain(session, LOCK_CARDS, {"ids": [c for c, _ in ordered]})
-            cur = plain(session, NEXT_SEQS, {"ids": [c for c, _ in ordered],
-                                             "ns": [n for _, n in ordered]})
+        if bulk.is_postgres(session):  # the caller holds the cards' locks (LOCK_CARDS)
+            cur = plain(session, NEXT_SEQS, {"ids": bulk.array_literal([c for c, _ in ordered]),
+                                             "ns": bulk.array_literal([n for _, n in ordered])})
             top = {card_id: int(seq) for card_id, seq in cur.fetchall()}
         else:  # SQLite: this transaction holds the database's write lock
             for card_id, n in ordered:

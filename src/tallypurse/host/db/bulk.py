@@ -19,6 +19,7 @@ flush the session: callers flush first when pending ORM changes matter.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from types import SimpleNamespace
@@ -126,9 +127,33 @@ def _driver_sql(dialect: str, sql: str) -> str:
     return driver_sql
 
 
-def _arrays(width: int, rows: Sequence[Sequence[Any]]) -> tuple[list[Any], ...]:
-    """One list per column (psycopg sends each as an array)."""
-    return tuple([row[i] for row in rows] for i in range(width))
+def _arrays(width: int, rows: Sequence[Sequence[Any]]) -> tuple[str, ...]:
+    """One PostgreSQL array literal per column (cast by the statement: ``%s::bigint[]``)."""
+    return tuple(array_literal([row[i] for row in rows]) for i in range(width))
+
+
+def array_literal(values: Sequence[Any]) -> str:
+    """A PostgreSQL array literal (``{1,NULL,"a \\"b\\""}``) of ints, strings, dates and
+    None: every string quoted, its backslashes and double quotes escaped, so that any
+    text comes back as it was. It is a bound parameter's value, never SQL: this only
+    spares psycopg's per-element Python when it turns a list into an array (a third of
+    the CPU for a bulk statement's parameters)."""
+    parts: list[str] = []
+    for v in values:
+        if v is None:
+            parts.append("NULL")
+        elif isinstance(v, bool):
+            parts.append("t" if v else "f")
+        elif isinstance(v, int):
+            parts.append(str(int(v)))  # an IntEnum as its number
+        else:
+            text = v.isoformat() if isinstance(v, dt.date) else v
+            if not isinstance(text, str):
+                raise TypeError(f"no array literal for {type(v).__name__}")
+            if "\\" in text or '"' in text:
+                text = text.replace("\\", "\\\\").replace('"', '\\"')
+            parts.append(f'"{text}"')
+    return "{" + ",".join(parts) + "}"
 
 
 def _unnest(columns: Sequence[Column]) -> str:
@@ -172,7 +197,7 @@ def insert_all(s: Session, tables: Sequence[tuple[str, Sequence[Column],
             insert(s, table, columns, rows)
         return
     statements: list[str] = []
-    params: list[list[Any]] = []
+    params: list[str] = []
     for table, columns, rows in parts:
         names = ", ".join(c for c, _ in columns)
         statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}")
