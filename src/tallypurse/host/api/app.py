@@ -181,6 +181,10 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
         description=(__doc__ or "").strip(),
         docs_url=None,
         redoc_url=None,
+        # The host's own metrics are Prometheus (/metrics) and its log is structured JSON;
+        # FastAPI's OpenTelemetry bridge asked the global providers at every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False,
+                   "operation_spans": False},
     )
     app.state.host = host
     metrics = Metrics(registry or CollectorRegistry())
