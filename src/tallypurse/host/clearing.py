@@ -26,18 +26,22 @@ suspense into the purse float (and into the credit receivable for the part
 that repaid failed debts); each is a transaction of its own. A split debit
 also opens its debt (see :mod:`tallypurse.host.agent`).
 
-Speed: a batch is checked before its write transaction begins: the SAM's batch
-signature and every TAC are verified with keys read in a read-only transaction
-(card keys are kept in a per-process cache: a card's certified key never
-changes), on several threads for a large batch (OpenSSL runs without the GIL).
-The batch is put in canonical JSON once (its payload hash and the SAM-signed
-bytes come from the same dump) and each card record is parsed once. The write
-transaction then takes the whole batch with a handful of bulk statements
+Speed: the SAM's batch signature is checked before the write transaction
+begins, with keys read in a read-only transaction (card keys are kept in a
+per-process cache: a card's certified key never changes). The TACs of a large
+batch are verified on several threads (OpenSSL runs without the GIL) while the
+write transaction runs: it takes the entries as if every TAC verified and asks
+for the outcome just before it commits; if one did not verify, it rolls back
+and the batch is taken again with that entry rejected. The batch is put in
+canonical JSON once (its payload hash and the SAM-signed bytes come from the
+same dump) and each card record is parsed once. The write transaction takes
+the whole batch with a handful of bulk statements
 (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the batch's cards in
-card order, read the neighbours of its events, book the ledger, insert the
-events and the journal entries, move the cards' counters. Account ids are kept
-across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only the rare
-events (clones, split debits, cancels, loads) go through the ORM.
+card order and read each card's newest event with them, read the other
+neighbours of its events (late or out-of-order uploads only), book the ledger,
+insert the events and the journal entries, move the cards' counters. Account
+ids are kept across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only
+the rare events (clones, split debits, cancels, loads) go through the ORM.
 """
 
 from __future__ import annotations
