@@ -5,6 +5,7 @@ taken at once; a forged record among many is refused; balances move at commit.""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import sqlalchemy as sa
 
@@ -12,7 +13,9 @@ from tallypurse.card.card import Card
 from tallypurse.core.hostapi import JournalEntry
 from tallypurse.core.messages import SignedEvent
 from tallypurse.host.clearing import PARALLEL_FROM
-from tallypurse.host.db.models import CardEventRow
+from tallypurse.host.db import bulk
+from tallypurse.host.db.engine import Database
+from tallypurse.host.db.models import CardEventConflict, CardEventRow, ListEntry
 from tallypurse.host.errors import RECORD_INVALID
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
@@ -119,3 +122,50 @@ def test_balances_move_at_commit_and_are_read_inside_the_transaction(world: Worl
         uow.commit()
     assert world.host.registry.online_balance(holder) == 1_250
     assert world.host.reports.audit()["balanced"] is True
+
+
+def test_a_forged_copy_of_a_taken_event_in_a_large_batch_marks_nothing(world: World) -> None:
+    """The TACs of a large batch are verified while its write transaction runs, which
+    takes the entries as if every TAC verified: a forged record that would be a clone's
+    second event (same card and seqno as an event taken, another amount) is rejected, and
+    nothing that it would have caused is written: no conflict, no alert, no blacklisting."""
+    card = world.card()
+    world.load(card, 50_000)
+    first = world.purchase(card, 5)
+    assert world.upload(first).accepted == [1]
+    taps = [world.purchase(card, 1) for _ in range(PARALLEL_FROM + 6)]  # verified on threads
+    forged = SignedEvent(replace(first.event, amount=6, balance_after=first.event.balance_before
+                                 - 6), first.tac)
+    batch = world.batch([world.entry(t) for t in taps[:30]] + [world.entry(forged)]
+                        + [world.entry(t) for t in taps[30:]])
+    ack = world.host.clearing.upload(world.tid, batch)
+    forged_seq = batch.entries[30].seq
+    assert [(r.seq, r.code) for r in ack.rejected] == [(forged_seq, RECORD_INVALID.code)]
+    assert len(ack.accepted) == len(taps) and not ack.duplicates
+    info = world.host.registry.card_info(card.serial.hex())
+    assert info.status == "active" and info.contiguous_seqno == info.max_seqno == len(taps) + 2
+    with world.host.uow() as uow:
+        s = uow.session
+        assert s.scalar(sa.select(sa.func.count()).select_from(CardEventConflict)) == 0
+        assert s.scalar(sa.select(sa.func.count()).select_from(ListEntry)) == 0
+        record = s.scalar(sa.select(CardEventRow.record).where(
+            CardEventRow.card_id == card.serial.hex(), CardEventRow.seqno == 2))
+    assert record == first.to_bytes().hex()  # the event taken first is left as it was
+    # the terminal counted the forged entry in its totals: they differ from the host's
+    assert sorted(a["kind"] for a in world.host.reports.alerts()) == [
+        "record_invalid", "totals_mismatch"]
+    assert world.host.settlement.merchant_balance(world.merchant_id) == 5 + len(taps)
+    assert world.host.reports.audit()["balanced"] is True
+
+
+def test_arrays_that_need_quoting_reach_the_database_as_they_are(database: Database) -> None:
+    """Bulk statements send a column as an array literal when it needs no quoting, else
+    value by value: either way each row comes back as it was sent."""
+    rows = [("plain", 1), ("with space", -2), ("com,ma", 3), ('quo"te', 4), ("{brace}", 5),
+            ("", 6), ("NULL", 7), ("null", 8), ("back\\slash", 9), (None, None),
+            ("0123abcd", 10**15)]
+    columns: list[bulk.Column] = [("name", "text"), ("n", "bigint")]
+    with database.uow() as uow:
+        for part in (rows, rows[:1] + rows[-1:], [r for r in rows if r[0] is not None]):
+            got = bulk.select_with(uow.session, columns, part, "SELECT name, n FROM v")
+            assert sorted(got, key=repr) == sorted(part, key=repr)

@@ -26,18 +26,22 @@ suspense into the purse float (and into the credit receivable for the part
 that repaid failed debts); each is a transaction of its own. A split debit
 also opens its debt (see :mod:`tallypurse.host.agent`).
 
-Speed: a batch is checked before its write transaction begins: the SAM's batch
-signature and every TAC are verified with keys read in a read-only transaction
-(card keys are kept in a per-process cache: a card's certified key never
-changes), on several threads for a large batch (OpenSSL runs without the GIL).
-The batch is put in canonical JSON once (its payload hash and the SAM-signed
-bytes come from the same dump) and each card record is parsed once. The write
-transaction then takes the whole batch with a handful of bulk statements
+Speed: the SAM's batch signature is checked before the write transaction
+begins, with keys read in a read-only transaction (card keys are kept in a
+per-process cache: a card's certified key never changes). The TACs of a large
+batch are verified on several threads (OpenSSL runs without the GIL) while the
+write transaction runs: it takes the entries as if every TAC verified and asks
+for the outcome just before it commits; if one did not verify, it rolls back
+and the batch is taken again with that entry rejected. The batch is put in
+canonical JSON once (its payload hash and the SAM-signed bytes come from the
+same dump) and each card record is parsed once. The write transaction takes
+the whole batch with a handful of bulk statements
 (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the batch's cards in
-card order, read the neighbours of its events, book the ledger, insert the
-events and the journal entries, move the cards' counters. Account ids are kept
-across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only the rare
-events (clones, split debits, cancels, loads) go through the ORM.
+card order and read each card's newest event with them, read the other
+neighbours of its events (late or out-of-order uploads only), book the ledger,
+insert the events and the journal entries, move the cards' counters. Account
+ids are kept across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only
+the rare events (clones, split debits, cancels, loads) go through the ORM.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ import os
 import struct
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -72,6 +76,7 @@ from tallypurse.core.messages import EVENT_RECORD_LEN, CardEvent, SignedEvent, d
 from tallypurse.core.protocol import EventKind
 from tallypurse.core.samproto import PURPOSE_BATCH, verify_signature
 from tallypurse.host.db import bulk
+from tallypurse.host.db.engine import after_commit
 from tallypurse.host.db.models import (
     Alert,
     BatchRow,
@@ -128,6 +133,37 @@ CARD_KEY: bulk.Column = ("card_id", "text")
 CARD_EVENT_KEY: list[bulk.Column] = [("card_id", "text"), ("seqno", "bigint")]
 COUNTERS = [("contiguous_seqno", "bigint", "{v}"), ("max_seqno", "bigint", "{v}"),
             ("gap_since", "bigint", "{v}")]
+# Reads of card events by (card, seqno), for a batch's cards (``v``). On PostgreSQL each
+# event is looked up by its index (a LATERAL subquery, which the planner does not merge
+# into a hash join that would scan the whole table); SQLite looks rows up by index anyway.
+# Keyed by "is PostgreSQL".
+_EVENT_COLS = ("{e}.seqno, {e}.kind, {e}.atc, {e}.load_counter, {e}.balance_before, "
+          "{e}.balance_after, {e}.record")
+CARDS_AND_NEWEST = {  # the cards locked, in card order, each with its newest event
+    False: "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since, "
+           f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
+           "LEFT JOIN card_events e ON e.card_id = c.card_id AND e.seqno = c.max_seqno "
+           "ORDER BY c.card_id",
+    True: "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since, "
+          f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
+          f"LEFT JOIN LATERAL (SELECT {_EVENT_COLS.format(e='x')} FROM card_events x "
+          "WHERE x.card_id = c.card_id AND x.seqno = c.max_seqno LIMIT 1) e ON true "
+          "ORDER BY c.card_id FOR UPDATE OF c",
+}
+EVENTS_AT = {  # the events at these (card, seqno)
+    False: f"SELECT e.card_id, {_EVENT_COLS.format(e='e')} FROM card_events e "
+           "JOIN v ON e.card_id = v.card_id AND e.seqno = v.seqno",
+    True: f"SELECT v.card_id, {_EVENT_COLS.format(e='e')} FROM v "
+          f"JOIN LATERAL (SELECT {_EVENT_COLS.format(e='x')} FROM card_events x "
+          "WHERE x.card_id = v.card_id AND x.seqno = v.seqno LIMIT 1) e ON true",
+}
+EVENTS_AFTER = {  # the seqnos of each card's events after the given one, in order
+    False: "SELECT e.card_id, e.seqno FROM card_events e "
+           "JOIN v ON e.card_id = v.card_id AND e.seqno > v.seqno ORDER BY e.card_id, e.seqno",
+    True: "SELECT v.card_id, e.seqno FROM v JOIN LATERAL (SELECT x.seqno FROM card_events x "
+          "WHERE x.card_id = v.card_id AND x.seqno > v.seqno ORDER BY x.seqno OFFSET 0) e "
+          "ON true ORDER BY v.card_id, e.seqno",
+}
 
 
 class Taken(StrEnum):
@@ -143,14 +179,14 @@ class Incoming:
     __slots__ = ("card_id", "event", "merchant_id", "record", "seqno", "signed", "terminal_id")
 
     def __init__(self, signed: SignedEvent, terminal_id: str, merchant_id: str,
-                 record: str = "") -> None:
+                 record: str = "", card_id: str = "") -> None:
         e = signed.event
         self.signed = signed
         self.event: CardEvent = e
         self.terminal_id = terminal_id
         self.merchant_id = merchant_id
         self.record = record or signed.to_bytes().hex()
-        self.card_id = e.card_id.hex()
+        self.card_id = card_id or e.card_id.hex()
         self.seqno = e.atc + e.load_counter
 
 
@@ -180,9 +216,47 @@ class _Checked:
 
     signed: SignedEvent
     record: str
+    card_id: str
 
 
 Check = _Checked | HostError | None  # None: an entry without a card record
+
+
+class _TacFailed(Exception):
+    """A TAC assumed good did not verify: the write transaction is rolled back."""
+
+
+class _Checks:
+    """A batch's checks, one per entry, while its TACs are verified on other threads.
+
+    ``assumed``: the checks as they are if every TAC verifies; the write transaction is
+    built from them and asks ``all_verified`` just before it commits. ``final``: the
+    checks with the entries whose TAC did not verify rejected."""
+
+    __slots__ = ("_outcomes", "_results", "_waiting", "assumed")
+
+    def __init__(self, assumed: list[Check], waiting: list[int],
+                 outcomes: Callable[[], list[bool]]) -> None:
+        self.assumed = assumed
+        self._waiting = waiting
+        self._outcomes = outcomes
+        self._results: list[bool] | None = None
+
+    def _verified(self) -> list[bool]:
+        if self._results is None:
+            self._results = self._outcomes()
+        return self._results
+
+    def all_verified(self) -> bool:
+        return all(self._verified())
+
+    def final(self) -> list[Check]:
+        checks = list(self.assumed)
+        for i, ok in zip(self._waiting, self._verified(), strict=True):
+            if not ok:
+                checks[i] = HostError(RECORD_INVALID,
+                                      "the card's signature (TAC) does not verify")
+        return checks
 
 
 def _follows(prev: Known, nxt: Known) -> str:
@@ -284,17 +358,21 @@ class Clearing:
         return out
 
     def _verify_all(self, jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]
-                    ) -> list[bool]:
-        """Verify TACs; a large batch on several threads."""
+                    ) -> Callable[[], list[bool]]:
+        """Verify TACs: returns the function that gives the outcomes, one per job. A large
+        batch is verified on several threads, which start at once and run while the caller
+        goes on (its write transaction: OpenSSL verifies without the GIL); a small one
+        before this returns."""
         if len(jobs) < PARALLEL_FROM or VERIFY_THREADS < 2:
-            return _verify_each(jobs)
+            done = _verify_each(jobs)
+            return lambda: done
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="tac")
             pool = self._pool
         size = -(-len(jobs) // VERIFY_THREADS)
-        parts = pool.map(_verify_each, [jobs[i:i + size] for i in range(0, len(jobs), size)])
-        return [ok for part in parts for ok in part]
+        parts = [pool.submit(_verify_each, jobs[i:i + size]) for i in range(0, len(jobs), size)]
+        return lambda: [ok for part in parts for ok in part.result()]
 
     def verify(self, cards: Mapping[str, Card], raw: bytes) -> SignedEvent:
         """Parse a card record and check its TAC (HostError when it does not verify)."""
@@ -332,15 +410,24 @@ class Clearing:
             stmt = stmt.with_for_update()
         return {c.card_id: c for c in s.scalars(stmt)}
 
-    def _lock_states(self, s: Session, card_ids: set[str]) -> dict[str, CardState]:
-        """Lock the cards' rows in card order and read their counters."""
-        lock = " FOR UPDATE OF c" if self.host.db.postgres else ""
-        rows = bulk.select_with(
-            s, [CARD_KEY], [(c,) for c in sorted(card_ids)],
-            "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since "
-            f"FROM cards c JOIN v ON c.card_id = v.card_id ORDER BY c.card_id{lock}")
-        return {r[0]: CardState(r[0], r[1], int(r[2]), int(r[3]),
-                                None if r[4] is None else int(r[4])) for r in rows}
+    def _lock_states(self, s: Session, card_ids: set[str]
+                     ) -> tuple[dict[str, CardState], dict[tuple[str, int], Known]]:
+        """Lock the cards' rows in card order and read their counters, with each card's
+        newest event taken (the one at its ``max_seqno``), in one statement: the event a
+        new upload follows in the common case. An event that the read did not return for
+        its card's ``max_seqno`` (on PostgreSQL, a card whose row another writer moved
+        while this one waited for its lock) is simply not there, and ``_take`` reads it."""
+        rows = bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(card_ids)],
+                                CARDS_AND_NEWEST[self.host.db.postgres])
+        states: dict[str, CardState] = {}
+        newest: dict[tuple[str, int], Known] = {}
+        for cid, cur, contiguous, top, gap, n, *event in rows:
+            states[cid] = CardState(cid, cur, int(contiguous), int(top),
+                                    None if gap is None else int(gap))
+            if n is not None and int(n) == int(top):
+                newest[(cid, int(top))] = Known(int(event[0]), int(event[1]), int(event[2]),
+                                                int(event[3]), int(event[4]), event[5])
+        return states, newest
 
     def take(self, s: Session, cards: Mapping[str, Card],
              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
@@ -351,20 +438,22 @@ class Clearing:
         return self._take(s, states, items)
 
     def _take(self, s: Session, cards: dict[str, CardState], items: list[Incoming],
-              batch: str = "") -> tuple[list[Taken], list[str]]:
+              batch: str = "", newest: Mapping[tuple[str, int], Known] | None = None
+              ) -> tuple[list[Taken], list[str]]:
+        """``newest``: events already read with the cards (see ``_lock_states``)."""
         now = self.host.now()
         s.flush()
+        known: dict[tuple[str, int], Known] = dict(newest or {})
         wanted: set[tuple[str, int]] = set()
         for it in items:
             top = cards[it.card_id].max_seqno  # no event of the card is above its max seqno
-            wanted.update((it.card_id, n) for n in (it.seqno - 1, it.seqno, it.seqno + 1)
-                          if 1 <= n <= top)
-        known: dict[tuple[str, int], Known] = {}
-        for row in bulk.select_with(
-                s, CARD_EVENT_KEY, sorted(wanted),
-                "SELECT e.card_id, e.seqno, e.kind, e.atc, e.load_counter, e.balance_before, "
-                "e.balance_after, e.record FROM card_events e "
-                "JOIN v ON e.card_id = v.card_id AND e.seqno = v.seqno"):
+            n = it.seqno
+            if n > top + 1:
+                continue  # after a gap: no neighbour taken yet
+            wanted.update((it.card_id, m) for m in (n - 1, n, n + 1) if 1 <= m <= top)
+        wanted -= known.keys()
+        for row in bulk.select_with(s, CARD_EVENT_KEY, sorted(wanted),
+                                    EVENTS_AT[bulk.is_postgres(s)]):
             known[(row[0], int(row[1]))] = Known(int(row[2]), int(row[3]), int(row[4]),
                                                  int(row[5]), int(row[6]), row[7])
         outcomes: list[Taken] = []
@@ -538,11 +627,8 @@ class Clearing:
             if card.contiguous_seqno < c < top:
                 walk.append((cid, c))  # the filled gap may join events taken earlier
         later: dict[str, list[int]] = defaultdict(list)
-        for cid, n in bulk.select_with(
-                s, CARD_EVENT_KEY, walk,
-                "SELECT e.card_id, e.seqno FROM card_events e "
-                "JOIN v ON e.card_id = v.card_id AND e.seqno > v.seqno "
-                "ORDER BY e.card_id, e.seqno"):
+        for cid, n in bulk.select_with(s, CARD_EVENT_KEY, walk,
+                                       EVENTS_AFTER[bulk.is_postgres(s)]):
             later[cid].append(int(n))
         changed: list[tuple[str, int, int, int | None]] = []
         for cid, seqnos in by_card.items():
@@ -570,7 +656,8 @@ class Clearing:
         newly = self.host.lists.blacklist(s, card, "cloned")
         s.add(Alert(kind="card_cloned", card_id=card.card_id, detail=why[:500],
                     created=self.host.now()))
-        log_event("card_cloned", card=card.card_id, why=why, newly_blacklisted=newly)
+        after_commit(s, f"card_cloned:{card.card_id}", lambda: log_event(  # not if rolled back
+            "card_cloned", card=card.card_id, why=why, newly_blacklisted=newly))
 
     def _follow_up(self, s: Session, new: list[Incoming]) -> list[str]:
         """Debts of split debits and cancels; loads confirmed and repaying debts."""
@@ -600,25 +687,34 @@ class Clearing:
         checked = self._check_batch(terminal_id, batch, digest, signed_bytes)
         if isinstance(checked, BatchAck):
             return checked  # this batch was taken before: the same answer again
-        ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, checked))
+        try:
+            ack, pending = retrying(lambda: self._upload(
+                terminal_id, batch, digest, checked.assumed, checked.all_verified))
+        except _TacFailed:  # rolled back: again, with those entries rejected
+            final = checked.final()
+            ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, final))
         for instruction in pending:
             self.host.agent.process_instruction(instruction)
         return ack
 
     def _check_batch(self, terminal_id: str, batch: BatchUpload, digest: str,
-                     signed_bytes: bytes) -> BatchAck | list[Check]:
+                     signed_bytes: bytes) -> BatchAck | _Checks:
         """Before any write transaction: the batch's earlier answer if it was taken,
-        else its SAM signature and every entry's card record checked (one per entry)."""
-        parsed: list[tuple[SignedEvent, bytes] | HostError | None] = []
+        else its SAM signature and every entry's card record checked (one per entry),
+        the TACs still being verified (see :class:`_Checks`)."""
+        parsed: list[tuple[SignedEvent, bytes, str] | HostError | None] = []
         card_ids: set[str] = set()
         for entry in batch.entries:
             if entry.kind not in RECORD_KINDS or not entry.record:
                 parsed.append(None)
                 continue
             one = parse_record(entry.record)
-            if not isinstance(one, HostError):
-                card_ids.add(one[0].event.card_id.hex())
-            parsed.append(one)
+            if isinstance(one, HostError):
+                parsed.append(one)
+            else:
+                cid = one[0].event.card_id.hex()
+                card_ids.add(cid)
+                parsed.append((*one, cid))
             card_ids.add(entry.card_id)
         with self.host.db.reader() as s:
             prior = s.execute(select(BatchRow.payload_hash, BatchRow.ack).where(
@@ -647,36 +743,41 @@ class Clearing:
                 elif isinstance(record, HostError):
                     check = record
                 elif record is not None:
-                    signed, raw = record
-                    key = keys.get(signed.event.card_id.hex())
+                    signed, raw, cid = record
+                    key = keys.get(cid)
                     if key is None:
-                        check = HostError(UNKNOWN_CARD,
-                                          f"unknown card {signed.event.card_id.hex()}")
+                        check = HostError(UNKNOWN_CARD, f"unknown card {cid}")
                     else:
                         jobs.append((key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
                         waiting.append(i)
             checks.append(check)
-        for i, ok in zip(waiting, self._verify_all(jobs), strict=True):
+        outcomes = self._verify_all(jobs)  # on other threads, while the entries are matched
+        terminals = {False: bytes.fromhex(terminal_id), True: bytes.fromhex(ZERO_TERMINAL)}
+        entries = batch.entries
+        for i in waiting:
             verified = parsed[i]
             assert isinstance(verified, tuple)
-            checks[i] = (self._match(verified[0], batch.entries[i], terminal_id) if ok else
-                         HostError(RECORD_INVALID, "the card's signature (TAC) does not verify"))
-        return checks
+            checks[i] = self._match(verified[0], verified[2], entries[i], terminals)
+        return _Checks(checks, waiting, outcomes)
 
     @staticmethod
-    def _match(signed: SignedEvent, entry: JournalEntry, terminal_id: str) -> Check:
-        """A verified record against its journal entry."""
+    def _match(signed: SignedEvent, card_id: str, entry: JournalEntry,
+               terminals: Mapping[bool, bytes]) -> Check:
+        """A record (of card ``card_id``) against its journal entry; ``terminals``: the
+        terminal a record names, by "is a load" (a load names none)."""
         e = signed.event
         kind = RECORD_KINDS[entry.kind]
-        expected_terminal = ZERO_TERMINAL if kind == EventKind.LOAD else terminal_id
-        if (e.kind != kind or e.card_id.hex() != entry.card_id or e.amount != entry.amount
+        if (e.kind != kind or card_id != entry.card_id or e.amount != entry.amount
                 or e.split != entry.split or _alpha(e.currency) != entry.currency
-                or e.terminal_id.hex() != expected_terminal):
+                or e.terminal_id != terminals[kind == EventKind.LOAD]):
             return HostError(RECORD_MISMATCH, "the card's record does not match the entry")
-        return _Checked(signed, entry.record)
+        return _Checked(signed, entry.record, card_id)
 
-    def _upload(self, terminal_id: str, batch: BatchUpload, digest: str,
-                checks: list[Check]) -> tuple[BatchAck, list[str]]:
+    def _upload(self, terminal_id: str, batch: BatchUpload, digest: str, checks: list[Check],
+                verified: Callable[[], bool] = lambda: True) -> tuple[BatchAck, list[str]]:
+        """Take the batch in one write transaction. ``verified``: asked before the commit;
+        False (a TAC that the checks assumed good did not verify) rolls everything back
+        (``_TacFailed``)."""
         now = self.host.now()
         with self._writer_turn(), self.host.uow() as uow:
             s = uow.session
@@ -700,6 +801,8 @@ class Clearing:
                 s.add(Alert(kind="totals_mismatch", terminal_id=terminal_id,
                             detail=f"batch {batch.batch_id}: terminal {batch.totals} "
                                    f"host {ack.host_totals}"[:500], created=now))
+            if not verified():
+                raise _TacFailed
             uow.commit()
         log_event("batch_cleared", terminal=terminal_id, batch=batch.batch_id,
                   accepted=len(ack.accepted), duplicates=len(ack.duplicates),
@@ -709,6 +812,7 @@ class Clearing:
     def _entries(self, s: Session, terminal: Terminal, batch: BatchUpload,
                  checks: list[Check]) -> tuple[BatchAck, list[str]]:
         tid = terminal.terminal_id
+        merchant = terminal.merchant_id
         seen = self._journal_seen(s, tid, [e.seq for e in batch.entries])
         duplicates: list[int] = []
         rejected: list[Rejected] = []
@@ -737,9 +841,9 @@ class Clearing:
                 continue
             taken.append(entry)
             if check is not None:
-                events.append(Incoming(check.signed, tid, terminal.merchant_id, check.record))
-        cards = self._lock_states(s, {it.card_id for it in events})
-        _, pending = self._take(s, cards, events, batch.batch_id)
+                events.append(Incoming(check.signed, tid, merchant, check.record, check.card_id))
+        cards, newest = self._lock_states(s, {it.card_id for it in events})
+        _, pending = self._take(s, cards, events, batch.batch_id, newest)
         bulk.insert(s, "journal_records", JOURNAL_COLUMNS, [
             (tid, e.seq, e.kind, e.card_id, e.amount, e.split, e.currency, e.time,
              e.reference[:160], e.entry_hash, batch.batch_id, "accepted", 0) for e in taken])
