@@ -666,40 +666,28 @@ def _driver(sql: str) -> str:
 def _insert(cur: Any, table: str, columns: list[tuple[str, str]],
             rows: list[tuple[Any, ...]], returning: str = "") -> list[Any]:
     """The host's db.bulk.insert on PostgreSQL: one INSERT from arrays, or COPY for many."""
-    from tallypurse.host.db.bulk import COPY_FROM, array_literal
-
-    names = ", ".join(c for c, _ in columns)
-    if not returning and len(rows) >= COPY_FROM:
-        with cur.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        return []
-    arrays = tuple(array_literal([row[i] for row in rows]) for i in range(len(columns)))
-    unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
-    cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})"
-                + (f" RETURNING {returning}" if returning else ""), arrays)
+    _insert_all(cur, [(table, columns, rows)], returning)
     return list(cur.fetchall()) if returning else []
 
 
 def _insert_all(cur: Any, parts: list[tuple[str, list[tuple[str, str]],
-                                           list[tuple[Any, ...]]]]) -> None:
-    """The host's db.bulk.insert_all on PostgreSQL: one statement, or COPY for many rows."""
-    from tallypurse.host.db.bulk import COPY_FROM, array_literal
+                                           list[tuple[Any, ...]]]],
+                returning: str = "") -> None:
+    """The host's db.bulk.insert_all on PostgreSQL: its one statement, or COPY for many."""
+    from tallypurse.host.db.bulk import pg_insert
 
-    if any(len(rows) >= COPY_FROM for _, _, rows in parts):
-        for table, columns, rows in parts:
-            _insert(cur, table, columns, rows)
+    statement = pg_insert(parts, returning=returning)
+    if statement is not None:
+        cur.execute(*statement)
         return
-    statements: list[str] = []
-    params: list[str] = []
-    for table, columns, rows in parts:
-        names = ", ".join(c for c, _ in columns)
-        unnest = ", ".join(f"%s::{t}[]" for _, t in columns)
-        statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM unnest({unnest})")
-        params.extend(array_literal([row[i] for row in rows]) for i in range(len(columns)))
-    *first, last = statements
-    cur.execute("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
-                + " " + last, params)
+    for table, columns, rows in parts:  # table by table, as the host's insert does
+        one = pg_insert([(table, columns, rows)])
+        if one is not None:
+            cur.execute(*one)
+            continue
+        with cur.copy(f"COPY {table} ({', '.join(c for c, _ in columns)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
 
 
 def _direct_group(cur: Any, group: list[dict[str, Any]]) -> None:

@@ -170,6 +170,29 @@ def _unnest(columns: Sequence[Column]) -> str:
     return "unnest(" + ", ".join(f"%s::{t}[]" for _, t in columns) + ")"
 
 
+Part = tuple[str, Sequence[Column], Sequence[Sequence[Any]]]  # (table, columns, rows)
+
+
+def pg_insert(parts: Sequence[Part], *, returning: str = "") -> tuple[str, list[str]] | None:
+    """PostgreSQL: the one statement that inserts these tables' rows, in this order, and its
+    parameters (one array literal per column): each table but the last an INSERT in a
+    ``WITH`` (foreign keys are checked when the whole statement ends, so a row may refer to
+    one inserted beside it); ``returning`` is the last table's. None when a table has
+    ``COPY_FROM`` rows or more and no ``returning``: COPY them, table by table."""
+    if not returning and any(len(rows) >= COPY_FROM for _, _, rows in parts):
+        return None
+    statements: list[str] = []
+    params: list[str] = []
+    for table, columns, rows in parts:
+        names = ", ".join(c for c, _ in columns)
+        statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}")
+        params.extend(_arrays(len(columns), rows))
+    *first, last = statements
+    ctes = ("WITH " + ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first)) + " "
+            if first else "")
+    return ctes + last + (f" RETURNING {returning}" if returning else ""), params
+
+
 def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Sequence[Any]],
            *, returning: str = "") -> list[tuple[Any, ...]]:
     """INSERT the rows; with ``returning`` (PostgreSQL only) the returned rows, in no
@@ -179,12 +202,11 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     names = ", ".join(c for c, _ in columns)
     cur = _cursor(s)
     if is_postgres(s):
-        if not returning and len(rows) >= COPY_FROM:
+        statement = pg_insert([(table, columns, rows)], returning=returning)
+        if statement is None:
             cur.copy(f"COPY {table} ({names}) FROM STDIN", rows)
             return []
-        tail = f" RETURNING {returning}" if returning else ""
-        cur.execute(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}{tail}",
-                    _arrays(len(columns), rows))
+        cur.execute(*statement)
         return [tuple(r) for r in cur.fetchall()] if returning else []
     if returning:
         raise ValueError("RETURNING is for PostgreSQL; assign ids under SQLite's write lock")
@@ -193,28 +215,16 @@ def insert(s: Session, table: str, columns: Sequence[Column], rows: Sequence[Seq
     return []
 
 
-def insert_all(s: Session, tables: Sequence[tuple[str, Sequence[Column],
-                                                  Sequence[Sequence[Any]]]]) -> None:
-    """:func:`insert` into several tables, in this order: on PostgreSQL one statement (each
-    table but the last an INSERT in a ``WITH``; foreign keys are checked when the whole
-    statement ends, so a row may refer to one inserted beside it), one round trip; COPY
-    instead, table by table, when one of them has many rows."""
+def insert_all(s: Session, tables: Sequence[Part]) -> None:
+    """:func:`insert` into several tables, in this order: on PostgreSQL one statement
+    (:func:`pg_insert`), one round trip; elsewhere, or for many rows, table by table."""
     parts = [(t, c, r) for t, c, r in tables if r]
-    if not parts:
-        return
-    if not is_postgres(s) or len(parts) == 1 or any(len(r) >= COPY_FROM for _, _, r in parts):
+    statement = pg_insert(parts) if parts and is_postgres(s) else None
+    if statement is None:
         for table, columns, rows in parts:
             insert(s, table, columns, rows)
         return
-    statements: list[str] = []
-    params: list[str] = []
-    for table, columns, rows in parts:
-        names = ", ".join(c for c, _ in columns)
-        statements.append(f"INSERT INTO {table} ({names}) SELECT * FROM {_unnest(columns)}")
-        params.extend(_arrays(len(columns), rows))
-    *first, last = statements
-    ctes = ", ".join(f"w{i} AS ({sql})" for i, sql in enumerate(first))
-    _cursor(s).execute(f"WITH {ctes} {last}", params)
+    _cursor(s).execute(*statement)
 
 
 def update(s: Session, table: str, key: Column, columns: Sequence[tuple[str, str, str]],
