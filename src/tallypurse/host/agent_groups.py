@@ -55,7 +55,6 @@ log = logging.getLogger("tallypurse.host")
 
 MAX_GROUP = 64  # debits in one transaction at most
 IDLE_S = 30.0  # a writer thread ends after this long without work (started again on demand)
-WRITERS = 1  # writer threads per process (more made smaller groups and cost more CPU)
 
 READ_COLUMNS: list[bulk.Column] = [("n", "bigint"), ("terminal_id", "text"),
                                    ("card_id", "text"), ("key", "text"), ("atc", "bigint")]
@@ -149,15 +148,14 @@ class AgentGroups:
     """The writer thread of one host process (started on the first debit)."""
 
     def __init__(self, agent: AgentDebits, *, max_group: int = MAX_GROUP,
-                 idle_s: float = IDLE_S, writers: int = WRITERS) -> None:
+                 idle_s: float = IDLE_S) -> None:
         self.agent = agent
         self.host = agent.host
         self.max_group = max_group
         self.idle_s = idle_s
-        self.writers = writers
         self._queue: queue.SimpleQueue[Waiting] = queue.SimpleQueue()
         self._lock = threading.Lock()
-        self._running = 0
+        self._running = 0  # writer threads: one (two made smaller groups and cost more CPU)
         self.groups = 0  # groups written in this process
         self.debits = 0  # debits taken in them
         # called with (debits in the group, debits it took) after each group (metrics)
@@ -166,7 +164,7 @@ class AgentGroups:
     def take(self, item: Waiting) -> None:
         with self._lock:
             self._queue.put(item)
-            if self._running < self.writers:
+            if not self._running:
                 self._running += 1
                 threading.Thread(target=self._run, name="agent-debit-writer",
                                  daemon=True).start()
