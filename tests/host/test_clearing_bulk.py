@@ -4,18 +4,22 @@ taken at once; a forged record among many is refused; balances move at commit.""
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 from dataclasses import replace
 
+import pytest
 import sqlalchemy as sa
 
 from tallypurse.card.card import Card
 from tallypurse.core.hostapi import JournalEntry
 from tallypurse.core.messages import SignedEvent
+from tallypurse.core.protocol import TxType
 from tallypurse.host.clearing import PARALLEL_FROM
 from tallypurse.host.db import bulk
 from tallypurse.host.db.engine import Database
-from tallypurse.host.db.models import CardEventConflict, CardEventRow, ListEntry
+from tallypurse.host.db.models import CardEventConflict, CardEventRow, Debt, ListEntry
 from tallypurse.host.errors import RECORD_INVALID
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
@@ -169,3 +173,31 @@ def test_arrays_that_need_quoting_reach_the_database_as_they_are(database: Datab
         for part in (rows, rows[:1] + rows[-1:], [r for r in rows if r[0] is not None]):
             got = bulk.select_with(uow.session, columns, part, "SELECT name, n FROM v")
             assert sorted(got, key=repr) == sorted(part, key=repr)
+
+
+@pytest.mark.parametrize("large", [False, True])
+def test_a_forged_split_says_nothing_of_what_it_would_have_caused(
+        world: World, caplog: pytest.LogCaptureFixture, large: bool) -> None:
+    """A forged split debit (its TAC broken) for a cardholder who could not pay would open
+    a debt in collection and publish its write-back; the batch is taken without it, and
+    the log names no debt, no write-back and no collection that was never committed (a
+    large batch is first taken as if every TAC verified, then rolled back)."""
+    holder = world.cardholder()  # no online funds, no bank account: collection
+    card = world.card(holder)
+    world.load(card, 1_000)
+    split = world.purchase(card, 1_000, split=500, tx_type=TxType.CANTEEN)
+    forged = SignedEvent(split.event, bytes(64))
+    other = world.card()
+    world.load(other, 50_000)
+    taps = [world.purchase(other, 1) for _ in range(PARALLEL_FROM + 6 if large else 3)]
+    caplog.set_level(logging.INFO, logger="tallypurse.host")
+    ack = world.host.clearing.upload(world.tid, world.batch(
+        [world.entry(forged)] + [world.entry(t) for t in taps]))
+    assert [r.code for r in ack.rejected] == [RECORD_INVALID.code]
+    assert len(ack.accepted) == len(taps)
+    events = [json.loads(r.getMessage()).get("event") for r in caplog.records
+              if r.getMessage().startswith("{")]
+    assert "batch_cleared" in events
+    assert not {"debt_collection", "writeback_published"} & set(events)
+    with world.host.uow() as uow:
+        assert uow.session.scalar(sa.select(sa.func.count()).select_from(Debt)) == 0

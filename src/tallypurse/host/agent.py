@@ -64,7 +64,15 @@ from tallypurse.host.errors import (
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 from tallypurse.host.tms import terminal_refusal
 
-from .common import hex_bytes, log_event, new_id, numeric_currency, payload_hash, retrying
+from .common import (
+    hex_bytes,
+    log_event,
+    log_on_commit,
+    new_id,
+    numeric_currency,
+    payload_hash,
+    retrying,
+)
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -380,7 +388,7 @@ class AgentDebits:
         self.host.writebacks.publish(s, card, "fail_debt",
                                      DebtOutcome(debt.atc, debt.amount).to_bytes(),
                                      debt_id=debt.id)
-        log_event("debt_collection", debt=debt.id, card=card.card_id, why=why)
+        log_on_commit(s, "debt_collection", debt=debt.id, card=card.card_id, why=why)
 
     def _credit_event(self, s: Session, debt: Debt, kind: str, amount: int | None = None) -> None:
         s.add(CreditEvent(cardholder_id=debt.cardholder_id, card_id=debt.card_id, kind=kind,
@@ -452,7 +460,7 @@ class AgentDebits:
                 self.host.writebacks.withdraw_for_debt(s, debt.id)
             self._credit_event(s, debt, "debt_repaid_load", pay)
         if left:
-            log_event("load_repaid_unknown_debt", card=card.card_id, amount=left)
+            log_on_commit(s, "load_repaid_unknown_debt", card=card.card_id, amount=left)
 
     # --- the bank ---------------------------------------------------------------------------------
     def process_instruction(self, instruction_id: str) -> str:

@@ -233,14 +233,15 @@ class _Checks:
     built from them and asks ``all_verified`` just before it commits. ``final``: the
     checks with the entries whose TAC did not verify rejected."""
 
-    __slots__ = ("_outcomes", "_results", "_waiting", "assumed")
+    __slots__ = ("_outcomes", "_results", "_waiting", "assumed", "ready")
 
     def __init__(self, assumed: list[Check], waiting: list[int],
-                 outcomes: Callable[[], list[bool]]) -> None:
+                 outcomes: Callable[[], list[bool]], *, ready: bool) -> None:
         self.assumed = assumed
         self._waiting = waiting
         self._outcomes = outcomes
         self._results: list[bool] | None = None
+        self.ready = ready  # the outcomes are known already (a small batch, verified here)
 
     def _verified(self) -> list[bool]:
         if self._results is None:
@@ -358,21 +359,21 @@ class Clearing:
         return out
 
     def _verify_all(self, jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]
-                    ) -> Callable[[], list[bool]]:
-        """Verify TACs: returns the function that gives the outcomes, one per job. A large
-        batch is verified on several threads, which start at once and run while the caller
-        goes on (its write transaction: OpenSSL verifies without the GIL); a small one
-        before this returns."""
+                    ) -> tuple[Callable[[], list[bool]], bool]:
+        """Verify TACs: returns the function that gives the outcomes, one per job, and
+        whether they are known already. A large batch is verified on several threads,
+        which start at once and run while the caller goes on (its write transaction:
+        OpenSSL verifies without the GIL); a small one before this returns."""
         if len(jobs) < PARALLEL_FROM or VERIFY_THREADS < 2:
             done = _verify_each(jobs)
-            return lambda: done
+            return (lambda: done), True
         with self._pool_lock:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(VERIFY_THREADS, thread_name_prefix="tac")
             pool = self._pool
         size = -(-len(jobs) // VERIFY_THREADS)
         parts = [pool.submit(_verify_each, jobs[i:i + size]) for i in range(0, len(jobs), size)]
-        return lambda: [ok for part in parts for ok in part.result()]
+        return (lambda: [ok for part in parts for ok in part.result()]), False
 
     def verify(self, cards: Mapping[str, Card], raw: bytes) -> SignedEvent:
         """Parse a card record and check its TAC (HostError when it does not verify)."""
@@ -687,12 +688,17 @@ class Clearing:
         checked = self._check_batch(terminal_id, batch, digest, signed_bytes)
         if isinstance(checked, BatchAck):
             return checked  # this batch was taken before: the same answer again
-        try:
-            ack, pending = retrying(lambda: self._upload(
-                terminal_id, batch, digest, checked.assumed, checked.all_verified))
-        except _TacFailed:  # rolled back: again, with those entries rejected
+        if checked.ready:  # every TAC's outcome known: no attempt that a bad one undoes
             final = checked.final()
             ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest, final))
+        else:
+            try:
+                ack, pending = retrying(lambda: self._upload(
+                    terminal_id, batch, digest, checked.assumed, checked.all_verified))
+            except _TacFailed:  # rolled back: again, with those entries rejected
+                final = checked.final()
+                ack, pending = retrying(lambda: self._upload(terminal_id, batch, digest,
+                                                             final))
         for instruction in pending:
             self.host.agent.process_instruction(instruction)
         return ack
@@ -751,14 +757,14 @@ class Clearing:
                         jobs.append((key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
                         waiting.append(i)
             checks.append(check)
-        outcomes = self._verify_all(jobs)  # on other threads, while the entries are matched
+        outcomes, ready = self._verify_all(jobs)  # on threads, while the entries are matched
         terminals = {False: bytes.fromhex(terminal_id), True: bytes.fromhex(ZERO_TERMINAL)}
         entries = batch.entries
         for i in waiting:
             verified = parsed[i]
             assert isinstance(verified, tuple)
             checks[i] = self._match(verified[0], verified[2], entries[i], terminals)
-        return _Checks(checks, waiting, outcomes)
+        return _Checks(checks, waiting, outcomes, ready=ready)
 
     @staticmethod
     def _match(signed: SignedEvent, card_id: str, entry: JournalEntry,

@@ -11,11 +11,13 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import BadInput
 from tallypurse.core.hostapi import canonical
 from tallypurse.core.money import currency, currency_by_numeric
+from tallypurse.host.db.engine import AFTER_COMMIT, after_commit
 
 Clock = Callable[[], int]
 T = TypeVar("T")
@@ -40,6 +42,13 @@ def payload_hash(body: BaseModel) -> str:
 def log_event(event: str, **fields: Any) -> None:
     """One structured (JSON) log line."""
     log.info(json.dumps({"event": event, **fields}, sort_keys=True, default=str))
+
+
+def log_on_commit(session: Session, event: str, **fields: Any) -> None:
+    """:func:`log_event` once ``session``'s unit of work commits: nothing is said of what
+    a rolled-back transaction did (clearing takes a batch again when a TAC fails)."""
+    key = f"log.{event}.{len(session.info.get(AFTER_COMMIT, {}))}"
+    after_commit(session, key, lambda: log_event(event, **fields))
 
 
 def numeric_currency(code: str) -> int:

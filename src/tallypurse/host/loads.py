@@ -66,7 +66,7 @@ from tallypurse.host.errors import (
 from tallypurse.host.ledger import Acct, Entry, Kind, Ledger
 
 from .clearing import Incoming
-from .common import hex_bytes, log_event, numeric_currency, payload_hash, retrying
+from .common import hex_bytes, log_event, log_on_commit, numeric_currency, payload_hash, retrying
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -284,7 +284,8 @@ class Loads:
                                f"yet the card's LOAD event arrived: the card holds the value "
                                f"and the {row.funding} funds were given back; booked to "
                                "losses", created=now))
-            log_event("load_void_reversed", load=auth_id, card=card_id, amount=row.amount)
+            log_on_commit(s, "load_void_reversed", load=auth_id, card=card_id,
+                          amount=row.amount)
 
 
 def _evidence(s: Session, row: LoadRow) -> tuple[str, str]:

@@ -33,7 +33,7 @@ from tallypurse.host.errors import NOT_FOUND, RECORD_INVALID, RECORD_MISMATCH, H
 from tallypurse.host.lists import ACTIONS, ENTRY_COLUMNS
 from tallypurse.host.tsm.keys import app_key
 
-from .common import hex_bytes, log_event
+from .common import hex_bytes, log_event, log_on_commit
 
 if TYPE_CHECKING:
     from tallypurse.host.service import Host
@@ -118,7 +118,8 @@ class WriteBacks:
             "payload": payload.hex(), "sealed": done.sealed, "debt_id": debt_id,
             "created": self.host.now()})
         self.host.lists.append(session, ACTIONS, [self._entry(done, "add")], hot=hot)
-        log_event("writeback_published", card=card.card_id, kind=kind, seq=seq, debt=debt_id)
+        log_on_commit(session, "writeback_published", card=card.card_id, kind=kind, seq=seq,
+                      debt=debt_id)
         return done
 
     def publish_many(self, session: Session, wanted: Sequence[tuple[CardKeys, str, bytes, str]],
