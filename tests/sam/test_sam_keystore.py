@@ -160,3 +160,19 @@ def test_no_temporary_files_are_left_behind(sam: Sam, sam_path: Path) -> None:
         sam.next_sequence()
     sam.close()
     assert sorted(p.name for p in sam_path.parent.iterdir()) == ["sam.json", "sam.json.lock"]
+
+
+@pytest.mark.parametrize("slot", ["certificate", "alternate certificate"])
+def test_a_stored_certificate_that_does_not_parse_is_refused_even_when_sealed(
+        sam: Sam, sam_path: Path, slot: str) -> None:
+    """The seal proves who wrote the file, not that what it holds is sound: a certificate
+    (or an alternate one, kept after a key rotation) that does not parse is refused by
+    name, though the SAM's own key sealed the file."""
+    if slot == "certificate":
+        sam._certificate = b"\x30\x00"
+    else:
+        sam._alternates = [b"\x30\x00"]
+    sam._save()  # sealed again with the SAM's own key
+    sam.close()
+    with pytest.raises(KeystoreError, match=f"stored {slot} is malformed"):
+        Sam.open(sam_path, PASSPHRASE)

@@ -44,6 +44,7 @@ from tallypurse.host.agent_groups import (
     Taken,
     TerminalChangedResult,
     Waiting,
+    nonce_is_new,
 )
 from tallypurse.host.bank import BankAnswer, BankUnavailable, DirectDebit, Outcome
 from tallypurse.host.db.bulk import plain
@@ -136,12 +137,9 @@ LEFT JOIN accounts o ON o.kind = 'online' AND o.owner = c.cardholder_id AND o.cu
 WHERE t.terminal_id = :terminal_id
 """)
 CARD_KEYS_KEPT = 100_000  # cards whose key a process keeps (then it starts again)
-RECORD_NONCE = text("INSERT INTO request_nonces (key_id, nonce, created) "
-                    "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
 def record_nonce(s: Session, key_id: str, nonce: str, now: int) -> None:
     """Record a request's nonce in the caller's transaction; REPLAY if it was seen before."""
-    result = plain(s, RECORD_NONCE.text, {"key_id": key_id, "nonce": nonce, "created": now})
-    if result.rowcount != 1:
+    if not nonce_is_new(s, key_id, nonce, now):
         raise HostError(REPLAY, "this request was seen before (nonce reused)")
 
 

@@ -81,8 +81,14 @@ LEFT JOIN cards c ON c.card_id = v.card_id
 NONCES_PG = ("INSERT INTO request_nonces (key_id, nonce, created) "
              "SELECT * FROM unnest(CAST(:keys AS text[]), CAST(:nonces AS text[]), "
              "CAST(:created AS bigint[])) ON CONFLICT DO NOTHING RETURNING key_id, nonce")
-NONCE_ONE = ("INSERT INTO request_nonces (key_id, nonce, created) "
-             "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
+RECORD_NONCE = ("INSERT INTO request_nonces (key_id, nonce, created) "
+                "VALUES (:key_id, :nonce, :created) ON CONFLICT DO NOTHING")
+
+
+def nonce_is_new(s: Any, key_id: str, nonce: str, now: int) -> bool:
+    """Record a request's nonce in the caller's transaction; False: seen before."""
+    return bool(plain(s, RECORD_NONCE, {"key_id": key_id, "nonce": nonce,
+                                        "created": now}).rowcount == 1)
 LOCK_ONLINE_PG = ("SELECT id, balance FROM accounts WHERE id = ANY(CAST(:ids AS bigint[])) "
                   "ORDER BY id "
                   "FOR NO KEY UPDATE")
@@ -320,8 +326,7 @@ class AgentGroups:
             for n, _ in signed:
                 by = group[n].signed
                 assert by is not None
-                if plain(s, NONCE_ONE, {"key_id": by.terminal_id, "nonce": by.nonce,
-                                        "created": now}).rowcount == 1:
+                if nonce_is_new(s, by.terminal_id, by.nonce, now):
                     fresh.add((by.terminal_id, by.nonce))
         kept = []
         for n, row in go:

@@ -365,20 +365,14 @@ class Sam:
             corrupt("the public key does not match the private key")
         if not crypto.verify(public, seal, signed_data(_canonical(doc), purpose=PURPOSE_STATE)):
             corrupt("integrity seal does not verify (file damaged or altered)")
-        if certificate is not None:
+        stored = [("certificate", certificate)] if certificate is not None else []
+        for what, raw in [*stored, *(("alternate certificate", a) for a in alternates)]:
             try:
-                c = certs.parse(certificate)
+                c = certs.parse(raw)
             except CertificateError:
-                corrupt("stored certificate is malformed")
+                corrupt(f"stored {what} is malformed")
             if c.public_key != public or c.holder != tid:
-                corrupt("stored certificate is not this SAM's")
-        for raw_alt in alternates:
-            try:
-                alt = certs.parse(raw_alt)
-            except CertificateError:
-                corrupt("stored alternate certificate is malformed")
-            if alt.public_key != public or alt.holder != tid:
-                corrupt("stored alternate certificate is not this SAM's")
+                corrupt(f"stored {what} is not this SAM's")
         sam = cls(
             _CONSTRUCT,
             path=p,

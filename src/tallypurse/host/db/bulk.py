@@ -9,8 +9,8 @@ through ``executemany``.
 Rows are sequences of plain Python values in the order of ``columns``; a
 column is ``(name, PostgreSQL type)``.
 
-:func:`plain` and :func:`plain_many` run single statements the same way (the
-agent debit's hot path), with ``:name`` parameters on either database.
+:func:`plain` runs single statements the same way (the agent debit's hot path), with
+``:name`` parameters on either database.
 
 These functions run on the session's connection, in its transaction, through
 the driver's own cursor (no SQLAlchemy result objects per row), and do not
@@ -109,12 +109,6 @@ def plain(s: Session, sql: str, params: Mapping[str, Any]) -> _Cursor:
     cur = _cursor(s)
     cur.execute(_driver_sql(cur.dialect.name, sql), params)
     return cur
-
-
-def plain_many(s: Session, sql: str, rows: Sequence[Mapping[str, Any]]) -> None:
-    """:func:`plain` once per row (``executemany``: one round trip on PostgreSQL)."""
-    cur = _cursor(s)
-    cur.executemany(_driver_sql(cur.dialect.name, sql), rows)
 
 
 def _driver_sql(dialect: str, sql: str) -> str:
