@@ -330,28 +330,32 @@ def _clear_worker(bdb: BenchDb, lab_dir: Path, data_dir: Path, now: int, docs: l
         gc.freeze()
         barrier.wait()
         t0 = time.perf_counter()
+        cpu0 = time.process_time()
         accepted = rejected = 0
         for b in batches:
             ack = host.clearing.upload(b.terminal_id, b)
             accepted += len(ack.accepted)
             rejected += len(ack.rejected)
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - cpu0  # this process's threads, the verifying ones too
         host.db.dispose()
-        results.put({"seconds": elapsed, "accepted": accepted, "rejected": rejected,
-                     "batches": len(batches)})
+        results.put({"seconds": elapsed, "cpu": cpu, "accepted": accepted,
+                     "rejected": rejected, "batches": len(batches)})
     except BaseException as exc:  # reported to the parent, which fails the bench
         results.put({"error": f"{exc.__class__.__name__}: {exc}"})
         raise
 
 
-def _floor(triples: Sequence[tuple[bytes, bytes, bytes]], processes: int) -> float:
-    """Verifies per second: the same TACs, alone, in ``processes`` processes at once."""
+def _floor(triples: Sequence[tuple[bytes, bytes, bytes]], processes: int
+           ) -> tuple[float, float]:
+    """Verifies per second: the same TACs, alone, in ``processes`` processes at once; and
+    the seconds the processes spent verifying, in all."""
     shares = [(list(triples[p::processes]), p) for p in range(processes)]
     with mp.get_context("spawn").Pool(processes) as pool:
         pool.map(_verify_share, [(s[:50], p) for s, p in shares])  # warm the workers up
         t0 = time.perf_counter()
-        pool.map(_verify_share, shares, chunksize=1)
-        return len(triples) / (time.perf_counter() - t0)
+        spent = pool.map(_verify_share, shares, chunksize=1)
+        return len(triples) / (time.perf_counter() - t0), sum(spent)
 
 
 def run_clearing_bench(*, events: int, processes: int, db_url: str | None, batch_size: int,
@@ -374,7 +378,7 @@ def run_clearing_bench(*, events: int, processes: int, db_url: str | None, batch
                                       cards=cards, terminals=terminals,
                                       batch_size=batch_size, now=now, seed=seed)
             host.db.dispose()
-            floor_before = _floor(setup.triples, processes)
+            floor_before, verify_s_before = _floor(setup.triples, processes)
 
             ctx = mp.get_context("spawn")
             barrier = ctx.Barrier(processes + 1)
@@ -386,15 +390,17 @@ def run_clearing_bench(*, events: int, processes: int, db_url: str | None, batch
                 w.start()
             barrier.wait(timeout=600)
             t0 = time.perf_counter()
+            db_cpu0 = _postgres_cpu_seconds() if bdb.schema else None
             outs = [results.get(timeout=3600) for _ in workers]
             wall = time.perf_counter() - t0
+            db_cpu1 = _postgres_cpu_seconds() if bdb.schema else None
             for w in workers:
                 w.join()
             errors = [o["error"] for o in outs if "error" in o]
             if errors:
                 raise RuntimeError("; ".join(errors))
 
-            floor_after = _floor(setup.triples, processes)
+            floor_after, verify_s_after = _floor(setup.triples, processes)
             host = _open_host(bdb, tmp / "lab", now, tmp)
             audit = host.reports.audit()
             with host.uow() as uow:
@@ -420,6 +426,18 @@ def run_clearing_bench(*, events: int, processes: int, db_url: str | None, batch
         "verify_per_s_before_after": [round(floor_before, 1), round(floor_after, 1)],
         "ratio": round(cleared / floor, 3),
         "projected_10m_minutes": round(TEN_MILLION / cleared / 60, 1),
+        # Where the time goes, in CPU microseconds per debit: the uploading processes (their
+        # verifying threads included), the same TACs verified alone (the floor's), and on
+        # PostgreSQL the database server; ``busy``: the uploading processes' CPU over their
+        # wall time times the cores they could use (1.0: never waiting).
+        "cpu_us_per_debit": {
+            "clearing": round(sum(o["cpu"] for o in outs) / events * 1e6, 1),
+            "verify_alone": round(min(verify_s_before, verify_s_after) / events * 1e6, 1),
+            "database": (round((db_cpu1 - db_cpu0) / events * 1e6, 1)
+                         if db_cpu0 is not None and db_cpu1 is not None else None),
+        },
+        "busy": round(sum(o["cpu"] for o in outs) / (wall * min(processes, os.cpu_count() or 1)),
+                      2),
         "checks": {
             "accepted": accepted,
             "rejected": sum(o["rejected"] for o in outs),
@@ -465,6 +483,10 @@ def bench_clearing(
                f"{result['verify_per_s_before_after']})")
     typer.echo(f"  ratio          {result['ratio']:>10}      (aim: at least 0.5)")
     typer.echo(f"  10 million     {result['projected_10m_minutes']:>10} min  (aim: under 15)")
+    cpu = result["cpu_us_per_debit"]
+    database = f", database {cpu['database']}" if cpu["database"] is not None else ""
+    typer.echo(f"  CPU per debit: clearing {cpu['clearing']} us (verify alone "
+               f"{cpu['verify_alone']}{database}); uploaders busy {result['busy']}")
     typer.echo(f"  checks: {c['accepted']} accepted, {c['rejected']} rejected, "
                f"{c['card_events_stored']} stored, ledger balanced: {c['ledger_balanced']}, "
                f"alerts: {c['alerts']}")

@@ -62,7 +62,7 @@ from http_message_signatures.structures import VerifyResult
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import CryptoError, DecodeError
-from tallypurse.core.hostapi import BatchUpload, canonical
+from tallypurse.core.hostapi import BatchUpload, batch_json
 from tallypurse.core.samproto import PURPOSE_REQUEST, domain
 
 ALGORITHM = "ecdsa-p256-sha256"
@@ -280,6 +280,7 @@ def _verify_general(method: str, url: str, headers: Mapping[str, str], body: byt
 
 
 def batch_signed_bytes(batch: BatchUpload) -> bytes:
-    """What the SAM signs (purpose PURPOSE_BATCH) for a day-end batch."""
-    return canonical(batch.model_dump(mode="json", exclude={"signature"}))
+    """What the SAM signs (purpose PURPOSE_BATCH) for a day-end batch: its canonical JSON
+    without ``signature``."""
+    return batch_json(batch)[1]
 

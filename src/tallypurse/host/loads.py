@@ -154,7 +154,7 @@ class Loads:
                     or e.terminal_challenge.hex() != row.auth_id or e.amount != row.amount):
                 raise HostError(RECORD_MISMATCH, "the card's record is not this load")
             merchant_id = self.host.tms.merchant_of(s, terminal_id)
-            self.host.clearing.take(s, cards, [Incoming(signed, terminal_id, merchant_id)])
+            self.host.clearing.take(s, cards, [Incoming.of(signed, terminal_id, merchant_id)])
             uow.commit()
         return Ack()
 

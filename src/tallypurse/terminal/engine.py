@@ -50,7 +50,7 @@ from tallypurse.core.hostapi import (
     SyncRequest,
     Totals,
     WriteBackReport,
-    canonical,
+    batch_json,
 )
 from tallypurse.core.messages import (
     CancelOrder,
@@ -224,11 +224,6 @@ def batch_totals(entries: list[Any]) -> dict[str, Totals]:
         t[0] += 1
         t[1] += e.amount
     return {k: Totals(count=v[0], amount=v[1]) for k, v in sorted(acc.items())}
-
-
-def batch_signed_bytes(batch: BatchUpload) -> bytes:
-    """What the SAM signs for a batch (purpose batch): canonical JSON without ``signature``."""
-    return canonical(batch.model_dump(exclude={"signature"}))
 
 
 def _request_signer(sam: Sam, terminal_id: bytes, clock: Callable[[], float]
@@ -1416,7 +1411,7 @@ class Terminal:
                         f"{digest}")
             unsigned = BatchUpload(batch_id=batch_id, terminal_id=self.terminal_id.hex(),
                                    entries=entries, totals=totals, signature="")
-            signature = self.sam.sign(batch_signed_bytes(unsigned), purpose=PURPOSE_BATCH)
+            signature = self.sam.sign(batch_json(unsigned)[1], purpose=PURPOSE_BATCH)
             batch = unsigned.model_copy(update={"signature": signature.hex()})
             with self.db.write() as tx:
                 self.journal.assign_batch(tx, [e.seq for e in entries], batch_id)
