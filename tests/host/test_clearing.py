@@ -16,7 +16,14 @@ from tallypurse.core.protocol import TxType
 from tallypurse.core.purse_client import PurseClient
 from tallypurse.core.transport import ApduClient
 from tallypurse.host.db.models import CardEventRow, Debt, LedgerTransaction
-from tallypurse.host.errors import BATCH_SIGNATURE, IDEMPOTENCY_CONFLICT, RECORD_INVALID, HostError
+from tallypurse.host.errors import (
+    BATCH_SIGNATURE,
+    IDEMPOTENCY_CONFLICT,
+    RECORD_INVALID,
+    RECORD_MISMATCH,
+    UNKNOWN_CARD,
+    HostError,
+)
 from tallypurse.host.service import Host
 
 from .world import World
@@ -113,6 +120,19 @@ def test_a_forged_record_is_rejected_alerted_and_pays_nobody(world: World) -> No
     assert world.host.settlement.merchant_balance(world.merchant_id) == 0
     assert [a["kind"] for a in world.host.reports.alerts()][:2] == ["totals_mismatch",
                                                                     "record_invalid"]
+
+
+def test_a_debit_entry_without_the_cards_record_is_rejected_by_name(world: World) -> None:
+    card = world.card()
+    world.load(card, 2_000)
+    bare = world.entry(kind="debit", card_id=card.serial.hex(), amount=300)  # no record
+    stranger = world.entry(kind="debit", card_id="ff" * 8, amount=300)  # a card never issued
+    ack = world.host.clearing.upload(world.tid, world.batch([bare, stranger]))
+    assert [(r.seq, r.code) for r in ack.rejected] == [(bare.seq, RECORD_MISMATCH.code),
+                                                       (stranger.seq, UNKNOWN_CARD.code)]
+    assert "needs the card's record" in ack.rejected[0].reason
+    assert ack.accepted == [] and ack.mismatch
+    assert world.host.settlement.merchant_balance(world.merchant_id) == 0
 
 
 def test_a_cloned_card_is_blacklisted_in_the_same_run_and_the_merchant_still_paid(

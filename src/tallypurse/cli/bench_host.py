@@ -338,9 +338,10 @@ def _clear_worker(bdb: BenchDb, lab_dir: Path, data_dir: Path, now: int, docs: l
             rejected += len(ack.rejected)
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - cpu0  # this process's threads, the verifying ones too
-        host.db.dispose()
         results.put({"seconds": elapsed, "cpu": cpu, "accepted": accepted,
                      "rejected": rejected, "batches": len(batches)})
+        barrier.wait()  # the parent reads the database server's CPU before connections close
+        host.db.dispose()
     except BaseException as exc:  # reported to the parent, which fails the bench
         results.put({"error": f"{exc.__class__.__name__}: {exc}"})
         raise
@@ -394,9 +395,13 @@ def run_clearing_bench(*, events: int, processes: int, db_url: str | None, batch
             outs = [results.get(timeout=3600) for _ in workers]
             wall = time.perf_counter() - t0
             db_cpu1 = _postgres_cpu_seconds() if bdb.schema else None
+            errors = [o["error"] for o in outs if "error" in o]
+            if errors:
+                barrier.abort()  # a worker still waiting there ends
+            else:
+                barrier.wait(timeout=600)
             for w in workers:
                 w.join()
-            errors = [o["error"] for o in outs if "error" in o]
             if errors:
                 raise RuntimeError("; ".join(errors))
 

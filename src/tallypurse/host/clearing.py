@@ -511,17 +511,19 @@ class Clearing:
             outcomes.append(Taken.ACCEPTED)
         for it in new:
             e = it.event
+            cid, n = it.card_id, it.seqno
             problem = _consistent(e)
-            prev, nxt = known.get((it.card_id, it.seqno - 1)), known.get((it.card_id, it.seqno + 1))
-            mine = known[(it.card_id, it.seqno)]
-            if not problem and it.seqno == 1 and e.balance_before != 0:
-                problem = "first event does not start from zero"
-            if not problem and prev is not None:
-                problem = _follows(prev, mine)
-            if not problem and nxt is not None:
-                problem = _follows(mine, nxt)
+            if not problem:
+                mine = known[(cid, n)]
+                prev = known.get((cid, n - 1))
+                if n == 1 and e.balance_before != 0:
+                    problem = "first event does not start from zero"
+                elif prev is not None:
+                    problem = _follows(prev, mine)
+                if not problem and (nxt := known.get((cid, n + 1))) is not None:
+                    problem = _follows(mine, nxt)
             if problem:
-                broken.setdefault(it.card_id, f"seqno {it.seqno}: {problem}")
+                broken.setdefault(cid, f"seqno {n}: {problem}")
 
         for it in conflicts:
             s.add(CardEventConflict(card_id=it.card_id, seqno=it.seqno,
@@ -644,36 +646,49 @@ class Clearing:
     def _advance(self, s: Session, cards: dict[str, CardState], new: list[Incoming],
                  now: int) -> None:
         """Move each card's contiguous and highest seqno; open or close its gap."""
-        by_card: dict[str, set[int]] = defaultdict(set)
+        by_card: dict[str, list[int]] = {}
         for it in new:
-            by_card[it.card_id].add(it.seqno)
-        reach: dict[str, int] = {}
+            seqnos = by_card.get(it.card_id)
+            if seqnos is None:
+                by_card[it.card_id] = [it.seqno]
+            else:
+                seqnos.append(it.seqno)
+        moved: dict[str, tuple[int, int]] = {}  # per card: contiguous and highest seqno
         walk: list[tuple[str, int]] = []
         for cid, seqnos in by_card.items():
             card = cards[cid]
-            top = max(card.max_seqno, *seqnos)
             c = card.contiguous_seqno
-            while c + 1 in seqnos:
-                c += 1
-            reach[cid] = c
+            if len(seqnos) == 1:  # the common case: one event of the card in the batch
+                top = max(card.max_seqno, seqnos[0])
+                if seqnos[0] == c + 1:
+                    c += 1
+            else:
+                top = max(card.max_seqno, *seqnos)
+                got = set(seqnos)
+                while c + 1 in got:
+                    c += 1
+            moved[cid] = (c, top)
             if card.contiguous_seqno < c < top:
                 walk.append((cid, c))  # the filled gap may join events taken earlier
-        later: dict[str, list[int]] = defaultdict(list)
-        for cid, n in bulk.select_with(s, CARD_EVENT_KEY, walk,
-                                       EVENTS_AFTER[bulk.is_postgres(s)]):
-            later[cid].append(int(n))
-        changed: list[tuple[str, int, int, int | None]] = []
-        for cid, seqnos in by_card.items():
-            card = cards[cid]
-            c = reach[cid]
-            for n in later.get(cid, ()):
-                if n != c + 1:
-                    break
+        if walk:
+            later: dict[str, list[int]] = defaultdict(list)
+            for cid, n in bulk.select_with(s, CARD_EVENT_KEY, walk,
+                                           EVENTS_AFTER[bulk.is_postgres(s)]):
+                later[cid].append(int(n))
+            for cid, n in walk:
                 c = n
-            card.max_seqno = max(card.max_seqno, *seqnos)
+                for m in later.get(cid, ()):
+                    if m != c + 1:
+                        break
+                    c = m
+                moved[cid] = (c, moved[cid][1])
+        changed: list[tuple[str, int, int, int | None]] = []
+        for cid, (c, top) in moved.items():
+            card = cards[cid]
+            card.max_seqno = top
             card.contiguous_seqno = c
-            card.gap_since = (card.gap_since or now) if card.max_seqno > c else None
-            changed.append((cid, c, card.max_seqno, card.gap_since))
+            card.gap_since = (card.gap_since or now) if top > c else None
+            changed.append((cid, c, top, card.gap_since))
         bulk.update(s, "cards", CARD_KEY, COUNTERS, changed)
         held = {o.card_id: o for o in s.identity_map.values() if isinstance(o, Card)}
         for cid, c, top, gap in changed if held else ():  # a Card the session holds stays current
