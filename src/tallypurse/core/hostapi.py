@@ -291,7 +291,7 @@ _ENTRY_FIELDS = ("amount", "card_id", "currency", "entry_hash", "kind", "prev_ha
                  "reference", "sam_signature", "seq", "split", "time", "tx_type")
 if tuple(sorted(JournalEntry.model_fields)) != _ENTRY_FIELDS:  # pragma: no cover
     raise ImportError("JournalEntry's fields changed: update _entry_json")
-_string = json.encoder.encode_basestring  # type: ignore[attr-defined]
+_string = json.encoder.encode_basestring
 
 
 def _entry_json(e: JournalEntry) -> str:
