@@ -15,7 +15,7 @@ from tallypurse.core.hostapi import AgentDebitAck, AgentDebitRequest
 from tallypurse.core.messages import DebtOutcome
 from tallypurse.core.protocol import TxType
 from tallypurse.host.agent import SignedBy, TerminalChanged
-from tallypurse.host.agent_groups import OneByOne, TerminalChangedResult, Waiting
+from tallypurse.host.agent_groups import AgentGroups, OneByOne, TerminalChangedResult, Waiting
 from tallypurse.host.common import payload_hash
 from tallypurse.host.db.models import (
     Account,
@@ -121,14 +121,16 @@ def test_a_group_writes_the_rows_the_one_debit_way_writes(world: World) -> None:
 def test_debits_waiting_together_are_written_in_one_transaction(world: World) -> None:
     holder = cardholder(world, 10_000)
     items = [waiting(world, split_request(world, holder), signed_by(world)) for _ in range(5)]
-    groups = world.host.agent.groups
-    before = groups.groups
-    for item in items[:-1]:  # already queued when the writer starts: it drains them all
+    # A writer of its own, not started yet (the process's writer, started by the
+    # cardholder's first debit, would take each item as it is queued): the items are
+    # queued before it starts, and it drains them all.
+    groups = AgentGroups(world.host.agent)
+    for item in items[:-1]:
         groups._queue.put(item)
     groups.take(items[-1])
     answers = [item.future.result(timeout=30) for item in items]
     assert all(isinstance(a, AgentDebitAck) and a.status == "accepted" for a in answers)
-    assert groups.groups - before == 1
+    assert groups.groups == 1
     with world.host.uow() as uow:
         assert uow.session.scalar(sa.select(sa.func.count()).select_from(Debt).where(
             Debt.status == "settled")) == 1 + 5  # the cardholder's first debit, then the group
@@ -255,7 +257,7 @@ def test_a_request_cancelled_before_its_group_is_dropped_and_the_writer_goes_on(
     holder = cardholder(world, 10_000)
     gone, kept, last = (waiting(world, split_request(world, holder), signed_by(world))
                         for _ in range(3))
-    groups = world.host.agent.groups
+    groups = AgentGroups(world.host.agent)  # not started yet: nothing takes ``gone`` early
     groups._queue.put(gone)
     assert gone.future.cancel()  # its client went away while it waited
     groups._queue.put(kept)

@@ -15,6 +15,7 @@ from tallypurse.core.messages import SignedEvent
 from tallypurse.core.protocol import TxType
 from tallypurse.core.purse_client import PurseClient
 from tallypurse.core.transport import ApduClient
+from tallypurse.host.clearing import EventFields, parse_record
 from tallypurse.host.db.models import CardEventRow, Debt, LedgerTransaction
 from tallypurse.host.errors import (
     BATCH_SIGNATURE,
@@ -105,6 +106,21 @@ def test_a_batch_with_a_bad_sam_signature_is_refused_whole(world: World) -> None
         world.host.clearing.upload(world.tid, forged)
     assert exc.value.what is BATCH_SIGNATURE
     assert ledger_size(world.host) == size
+
+
+def test_a_record_is_read_into_the_same_fields_as_the_card_event(world: World) -> None:
+    card = world.card()
+    world.load(card, 2_000)
+    signed = world.purchase(card, 500)
+    parsed = parse_record(signed.to_bytes().hex())
+    assert not isinstance(parsed, HostError)
+    fields, tac, raw = parsed
+    assert fields == EventFields.of(signed.event) and fields.card_event() == signed.event
+    assert (tac, raw) == (signed.tac, signed.to_bytes())
+    short = parse_record(signed.to_bytes()[:-1].hex())
+    assert isinstance(short, HostError) and short.what is RECORD_INVALID
+    unknown_kind = parse_record("ee" + signed.to_bytes().hex()[2:])
+    assert isinstance(unknown_kind, HostError) and "unknown event kind" in unknown_kind.message
 
 
 def test_a_forged_record_is_rejected_alerted_and_pays_nobody(world: World) -> None:

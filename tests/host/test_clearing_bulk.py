@@ -163,8 +163,8 @@ def test_a_forged_copy_of_a_taken_event_in_a_large_batch_marks_nothing(world: Wo
 
 
 def test_arrays_that_need_quoting_reach_the_database_as_they_are(database: Database) -> None:
-    """Bulk statements send a column as an array literal when it needs no quoting, else
-    value by value: either way each row comes back as it was sent."""
+    """Bulk statements send every column as one array literal, strings quoted and
+    escaped: each row comes back as it was sent, awkward strings and NULLs included."""
     rows = [("plain", 1), ("with space", -2), ("com,ma", 3), ('quo"te', 4), ("{brace}", 5),
             ("", 6), ("NULL", 7), ("null", 8), ("back\\slash", 9), (None, None),
             ("0123abcd", 10**15)]

@@ -181,7 +181,7 @@ class AgentDebits:
 
     def offer(self, terminal_id: str, req: AgentDebitRequest, digest: str,
               signed: SignedBy | None, card: CardKey | None) -> Future[Taken] | OneByOne:
-        """Check the card's record against ``card`` (:meth:`card_key`), then hand the debit
+        """Check the card's record against ``card`` (:meth:`cached_card`), then hand the debit
         to the group writer (:mod:`tallypurse.host.agent_groups`), whose future gives
         the outcome. A request that fails a check goes the one-debit way at once, which
         answers it in the usual order (a replayed or retried request first)."""
@@ -236,9 +236,11 @@ class AgentDebits:
 
     def _submit(self, terminal_id: str, req: AgentDebitRequest, digest: str,
                 signed: SignedBy | None) -> tuple[AgentDebitAck, list[str]]:
-        """One transaction: one statement reads everything, then (the common case: an
-        online account that holds enough) the debt, the two ledger transactions, the
-        credit event and the write-back are written with a statement each."""
+        """One debit in one transaction, through the ORM: the way of every debit that the
+        group writer (:mod:`tallypurse.host.agent_groups`) does not take, such as a retried
+        key, a debt that clearing opened first, an online account that holds too little
+        (the bank, then collection), a first use of an account, twins in one group. One
+        statement reads everything."""
         now = self.host.now()
         with self.host.uow() as uow:
             s = uow.session

@@ -163,7 +163,6 @@ class AgentGroups:
         self._lock = threading.Lock()
         self._running = 0  # writer threads: one (two made smaller groups and cost more CPU)
         self.groups = 0  # groups written in this process
-        self.debits = 0  # debits taken in them
         # called with (debits in the group, debits it took) after each group (metrics)
         self.listeners: list[Callable[[int, int], None]] = []
 
@@ -281,7 +280,6 @@ class AgentGroups:
             out[n] = AgentDebitAck(idempotency_key=group[n].req.idempotency_key,
                                    status="accepted", debt_id=debt_id)
         self.groups += 1
-        self.debits += len(taken)
         try:
             for (n, _), (debt_id, seq) in zip(taken, booked, strict=True):
                 it = group[n]

@@ -53,7 +53,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import dataclass, fields
 from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -195,6 +195,10 @@ class EventFields(NamedTuple):
     debt_slot: int
     cvr: int
 
+    @classmethod
+    def of(cls, event: CardEvent) -> EventFields:
+        return cls._make(getattr(event, name) for name in cls._fields)
+
     def card_event(self) -> CardEvent:
         return CardEvent(*self)
 
@@ -221,8 +225,8 @@ class Incoming:
     @classmethod
     def of(cls, signed: SignedEvent, terminal_id: str, merchant_id: str) -> Incoming:
         e = signed.event
-        return cls(EventFields(*astuple(e)), terminal_id, merchant_id,
-                   signed.to_bytes().hex(), e.card_id.hex())
+        return cls(EventFields.of(e), terminal_id, merchant_id, signed.to_bytes().hex(),
+                   e.card_id.hex())
 
 
 @dataclass(slots=True)

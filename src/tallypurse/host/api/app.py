@@ -424,14 +424,9 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
             return result
 
         async def endpoint(request: Request) -> Response:
-            body = await read_body(request)
-            if name == "agent_debit":
-                result = await agent_debit_in_loop(request.method, target_uri(request),
-                                                   dict(request.headers), body)
-                count(name, result)
-            else:
-                result = await run_in_threadpool(work, request.method, target_uri(request),
-                                                 dict(request.headers), body)
+            body = await read_body(request)  # (agent debits are taken before: see below)
+            result = await run_in_threadpool(work, request.method, target_uri(request),
+                                             dict(request.headers), body)
             return JSONResponse(result.model_dump(mode="json"))
 
         endpoint.__name__ = f"terminal_{name}"
@@ -454,11 +449,10 @@ def create_app(host: Host, *, registry: CollectorRegistry | None = None) -> Fast
                           response_model=answer, tags=["terminal"], openapi_extra=extra,
                           responses=PROBLEM_RESPONSES)
 
-    # The agent debit's own way in: the same checks and answers as its route above, without
-    # FastAPI's routing and handler layers (a fifth of the host's CPU per debit). It sits
-    # inside every middleware (metrics, body limit, rate limit, audit), and a failure is
-    # answered by the same exception handlers, so nothing about the route changes but its
-    # cost. The route stays registered: the OpenAPI document and the tests see it.
+    # The agent debit's own way in, without FastAPI's routing and handler layers (a fifth of
+    # the host's CPU per debit): every POST to its path is answered here. It sits inside
+    # every middleware (metrics, body limit, rate limit, audit), and a failure is answered by
+    # the same exception handlers. The route stays registered for the OpenAPI document.
     agent_path = api.ROUTES["agent_debit"]
     agent_route = next(r for r in app.routes if getattr(r, "path", None) == agent_path)
 
