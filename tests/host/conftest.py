@@ -95,12 +95,11 @@ def database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Databas
         yield db
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A database of its own migrated to revision 0004 only (to test later migrations)."""
-    if request.param == "sqlite":
+def _database_at(kind: str, tmp_path: Path, revision: str) -> Iterator[Database]:
+    """A database of its own migrated to ``revision`` only (to test later migrations)."""
+    if kind == "sqlite":
         db = Database.connect(f"sqlite:///{tmp_path / 'old.sqlite3'}")
-        upgrade(db, "0004")
+        upgrade(db, revision)
         yield db
         db.dispose()
         return
@@ -114,13 +113,23 @@ def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database
                     "start it or set TALLYPURSE_TEST_PG to run the PostgreSQL tests")
     db = Database.connect(PG_URL, schema=schema)
     try:
-        upgrade(db, "0004")
+        upgrade(db, revision)
         yield db
     finally:
         db.dispose()
         with admin.begin() as conn:
             conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
         admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def at_0004(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    yield from _database_at(request.param, tmp_path, "0004")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def at_0007(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    yield from _database_at(request.param, tmp_path, "0007")
 
 
 @pytest.fixture

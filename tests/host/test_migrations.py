@@ -55,3 +55,32 @@ def test_0007_links_the_events_cleared_before_it_to_their_own_transactions(
                       ("c1", 3): ids["00000000000000c1:3"], ("c2", 1): None}
     assert downgrade(at_0004, "0004") == "0004"
     assert upgrade(at_0004) == head_revision()
+
+
+def test_0008_moves_open_gaps_to_their_table_and_back(at_0007: Database) -> None:
+    card = ("INSERT INTO cards (card_id, status, currency, certificate, public_key, issued, "
+            "expiry, cap, app_key_version, writeback_seq, online_counter, credit_version, "
+            "contiguous_seqno, max_seqno, gap_since, blacklisted) VALUES (:c, 'active', 'EUR', "
+            "'', '', 0, 0, 1000, 1, 0, 0, 0, :low, :high, :since, false)")
+    event = ("INSERT INTO card_events (card_id, seqno, kind, atc, load_counter, amount, split, "
+             "currency, tx_type, balance_before, balance_after, terminal_id, terminal_seq, "
+             "time, record, cleared_at) VALUES (:c, :n, 1, :n, 0, 1, 0, 'EUR', 0, 0, 0, "
+             "'00', 0, 0, 'r', 0)")
+    # gapped: events 1, 2 and 5 (a gap open since 77); whole: events 1 to 3; fresh: none
+    shapes = {"00000000000000a1": (2, 5, 77, (1, 2, 5)), "00000000000000a2": (3, 3, None, (1, 2, 3)),
+              "00000000000000a3": (0, 0, None, ())}
+    with at_0007.engine.begin() as conn:
+        for cid, (low, high, since, seqnos) in shapes.items():
+            conn.execute(sa.text(card), {"c": cid, "low": low, "high": high, "since": since})
+            for n in seqnos:
+                conn.execute(sa.text(event), {"c": cid, "n": n})
+    assert upgrade(at_0007) == head_revision()
+    with at_0007.engine.connect() as conn:
+        gaps = conn.execute(sa.text(
+            "SELECT card_id, contiguous_seqno, since FROM card_gaps")).all()
+    assert [tuple(g) for g in gaps] == [("00000000000000a1", 2, 77)]
+    assert downgrade(at_0007, "0007") == "0007"
+    with at_0007.engine.connect() as conn:
+        back = {cid: (int(low), int(high), since) for cid, low, high, since in conn.execute(
+            sa.text("SELECT card_id, contiguous_seqno, max_seqno, gap_since FROM cards"))}
+    assert back == {cid: shape[:3] for cid, shape in shapes.items()}

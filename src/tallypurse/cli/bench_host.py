@@ -247,7 +247,6 @@ def _prepare_clearing(host: Any, lab: Any, tmp: Path, *, events: int, processes:
                          "public_key": pub.hex(), "issued": day_start - 2 * DAY,
                          "expiry": not_after, "cap": 100_000, "app_key_version": 1,
                          "writeback_seq": 0, "online_counter": 0, "credit_version": 0,
-                         "contiguous_seqno": 1, "max_seqno": 1, "gap_since": None,
                          "blacklisted": False, "replaced_by": None})
         for i in range(0, len(rows), 5000):
             s.execute(sa.insert(table(Card)), rows[i:i + 5000])
@@ -555,8 +554,7 @@ def _prepare_agent(host: Any, lab: Any, tmp: Path, *, requests: int, port: int, 
                          "currency": "EUR", "certificate": cert.encode().hex(),
                          "public_key": pub.hex(), "issued": now - DAY, "expiry": not_after,
                          "cap": 100_000, "app_key_version": 1, "writeback_seq": 0,
-                         "online_counter": 0, "credit_version": 1, "contiguous_seqno": 0,
-                         "max_seqno": 0, "gap_since": None, "blacklisted": False,
+                         "online_counter": 0, "credit_version": 1, "blacklisted": False,
                          "replaced_by": None})
         uow.session.execute(sa.insert(table(Card)), rows)
         uow.session.execute(sa.insert(table(Account)), [

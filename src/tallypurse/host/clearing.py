@@ -50,7 +50,7 @@ import os
 import struct
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -58,9 +58,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric import ec
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from tallypurse.core import crypto
 from tallypurse.core.errors import DecodeError
@@ -82,6 +81,7 @@ from tallypurse.host.db.models import (
     BatchRow,
     Card,
     CardEventConflict,
+    CardGap,
     JournalRecord,
     Terminal,
 )
@@ -131,24 +131,31 @@ JOURNAL_COLUMNS: list[bulk.Column] = [
     ("code", "integer")]
 CARD_KEY: bulk.Column = ("card_id", "text")
 CARD_EVENT_KEY: list[bulk.Column] = [("card_id", "text"), ("seqno", "bigint")]
-COUNTERS = [("contiguous_seqno", "bigint", "{v}"), ("max_seqno", "bigint", "{v}"),
-            ("gap_since", "bigint", "{v}")]
+GAP_COLUMNS: list[bulk.Column] = [("card_id", "text"), ("contiguous_seqno", "bigint"),
+                                   ("since", "bigint")]
 # Reads of card events by (card, seqno), for a batch's cards (``v``). On PostgreSQL each
 # event is looked up by its index (a LATERAL subquery, which the planner does not merge
 # into a hash join that would scan the whole table); SQLite looks rows up by index anyway.
 # Keyed by "is PostgreSQL".
 _EVENT_COLS = ("{e}.seqno, {e}.kind, {e}.atc, {e}.load_counter, {e}.balance_before, "
           "{e}.balance_after, {e}.record")
-CARDS_AND_NEWEST = {  # the cards locked, in card order, each with its newest event
-    False: "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since, "
+# PostgreSQL: the cards' rows locked, in card order, before their progress is read (by a
+# statement of its own, which sees what a writer that held a lock committed).
+LOCK_CARDS = ("SELECT c.card_id FROM cards c JOIN v ON c.card_id = v.card_id "
+              "ORDER BY c.card_id FOR UPDATE OF c")
+CARDS_AND_NEWEST = {  # each card with its gap (if any) and its newest event (if any)
+    False: "SELECT c.card_id, c.currency, g.contiguous_seqno, g.since, "
            f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
-           "LEFT JOIN card_events e ON e.card_id = c.card_id AND e.seqno = c.max_seqno "
+           "LEFT JOIN card_gaps g ON g.card_id = c.card_id "
+           "LEFT JOIN card_events e ON e.card_id = c.card_id AND e.seqno = "
+           "(SELECT max(x.seqno) FROM card_events x WHERE x.card_id = c.card_id) "
            "ORDER BY c.card_id",
-    True: "SELECT c.card_id, c.currency, c.contiguous_seqno, c.max_seqno, c.gap_since, "
+    True: "SELECT c.card_id, c.currency, g.contiguous_seqno, g.since, "
           f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
+          "LEFT JOIN card_gaps g ON g.card_id = c.card_id "
           f"LEFT JOIN LATERAL (SELECT {_EVENT_COLS.format(e='x')} FROM card_events x "
-          "WHERE x.card_id = c.card_id AND x.seqno = c.max_seqno LIMIT 1) e ON true "
-          "ORDER BY c.card_id FOR UPDATE OF c",
+          "WHERE x.card_id = c.card_id ORDER BY x.seqno DESC LIMIT 1) e ON true "
+          "ORDER BY c.card_id",
 }
 EVENTS_AT = {  # the events at these (card, seqno)
     False: f"SELECT e.card_id, {_EVENT_COLS.format(e='e')} FROM card_events e "
@@ -231,7 +238,9 @@ class Incoming:
 
 @dataclass(slots=True)
 class CardState:
-    """What clearing reads and moves on a card (its row is locked by the caller)."""
+    """A card's clearing progress: its events are contiguous up to ``contiguous_seqno``,
+    the highest is ``max_seqno`` (that of its newest event; 0: none yet) and a gap above
+    the contiguous ones is open since ``gap_since`` (None: no gap)."""
 
     card_id: str
     currency: str
@@ -247,6 +256,25 @@ class Known(NamedTuple):
     balance_before: int
     balance_after: int
     record: str
+
+
+def card_states(s: Session, card_ids: Iterable[str]
+                ) -> tuple[dict[str, CardState], dict[tuple[str, int], Known]]:
+    """The cards' progress (of those that exist), in one statement, with each card's
+    newest event, keyed by (card, seqno). Consistent when the cards are locked (clearing
+    and load confirmations) or in a read-only transaction (reports)."""
+    rows = bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(set(card_ids))],
+                            CARDS_AND_NEWEST[bulk.is_postgres(s)])
+    states: dict[str, CardState] = {}
+    newest: dict[tuple[str, int], Known] = {}
+    for cid, cur, contiguous, since, n, *event in rows:
+        top = 0 if n is None else int(n)
+        states[cid] = CardState(cid, cur, top if contiguous is None else int(contiguous), top,
+                                None if since is None else int(since))
+        if n is not None:
+            newest[(cid, top)] = Known(int(event[0]), int(event[1]), int(event[2]),
+                                       int(event[3]), int(event[4]), event[5])
+    return states, newest
 
 
 class _Checked(NamedTuple):
@@ -446,30 +474,19 @@ class Clearing:
 
     def _lock_states(self, s: Session, card_ids: set[str]
                      ) -> tuple[dict[str, CardState], dict[tuple[str, int], Known]]:
-        """Lock the cards' rows in card order and read their counters, with each card's
-        newest event taken (the one at its ``max_seqno``), in one statement: the event a
-        new upload follows in the common case. An event that the read did not return for
-        its card's ``max_seqno`` (on PostgreSQL, a card whose row another writer moved
-        while this one waited for its lock) is simply not there, and ``_take`` reads it."""
-        rows = bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(card_ids)],
-                                CARDS_AND_NEWEST[self.host.db.postgres])
-        states: dict[str, CardState] = {}
-        newest: dict[tuple[str, int], Known] = {}
-        for cid, cur, contiguous, top, gap, n, *event in rows:
-            states[cid] = CardState(cid, cur, int(contiguous), int(top),
-                                    None if gap is None else int(gap))
-            if n is not None and int(n) == int(top):
-                newest[(cid, int(top))] = Known(int(event[0]), int(event[1]), int(event[2]),
-                                                int(event[3]), int(event[4]), event[5])
-        return states, newest
+        """Lock the cards' rows in card order (PostgreSQL; on SQLite the write transaction
+        holds the database), then read their progress with each card's newest event: the
+        one a new upload follows in the common case (:func:`card_states`)."""
+        if self.host.db.postgres:
+            bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(card_ids)], LOCK_CARDS)
+        return card_states(s, card_ids)
 
     def take(self, s: Session, cards: Mapping[str, Card],
              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
         """Take verified card events (cards locked by the caller): one outcome per item,
         and the bank instructions to submit once the transaction has committed."""
-        states = {cid: CardState(c.card_id, c.currency, c.contiguous_seqno, c.max_seqno,
-                                 c.gap_since) for cid, c in cards.items()}
-        return self._take(s, states, items)
+        states, newest = card_states(s, cards)
+        return self._take(s, states, items, newest=newest)
 
     def _take(self, s: Session, cards: dict[str, CardState], items: list[Incoming],
               batch: str = "", newest: Mapping[tuple[str, int], Known] | None = None
@@ -649,7 +666,7 @@ class Clearing:
 
     def _advance(self, s: Session, cards: dict[str, CardState], new: list[Incoming],
                  now: int) -> None:
-        """Move each card's contiguous and highest seqno; open or close its gap."""
+        """Move each card's contiguous and highest seqno; open, narrow or close its gap."""
         by_card: dict[str, list[int]] = {}
         for it in new:
             seqnos = by_card.get(it.card_id)
@@ -686,21 +703,30 @@ class Clearing:
                         break
                     c = m
                 moved[cid] = (c, moved[cid][1])
-        changed: list[tuple[str, int, int, int | None]] = []
+        opened: list[tuple[str, int, int]] = []
+        narrowed: list[tuple[str, int]] = []
+        closed: list[str] = []
         for cid, (c, top) in moved.items():
             card = cards[cid]
+            if top > c:
+                if card.gap_since is None:
+                    card.gap_since = now
+                    opened.append((cid, c, now))
+                elif c != card.contiguous_seqno:
+                    narrowed.append((cid, c))
+            elif card.gap_since is not None:
+                card.gap_since = None
+                closed.append(cid)
             card.max_seqno = top
             card.contiguous_seqno = c
-            card.gap_since = (card.gap_since or now) if top > c else None
-            changed.append((cid, c, top, card.gap_since))
-        bulk.update(s, "cards", CARD_KEY, COUNTERS, changed)
-        held = {o.card_id: o for o in s.identity_map.values() if isinstance(o, Card)}
-        for cid, c, top, gap in changed if held else ():  # a Card the session holds stays current
-            obj = held.get(cid)
-            if obj is not None:
-                set_committed_value(obj, "contiguous_seqno", c)
-                set_committed_value(obj, "max_seqno", top)
-                set_committed_value(obj, "gap_since", gap)
+        # The common case writes nothing here: a card's highest seqno is its newest event's.
+        if opened:
+            bulk.insert(s, "card_gaps", GAP_COLUMNS, opened)
+        if narrowed:
+            bulk.update(s, "card_gaps", CARD_KEY, [("contiguous_seqno", "bigint", "{v}")],
+                        narrowed)
+        if closed:
+            s.execute(delete(CardGap).where(CardGap.card_id.in_(sorted(closed))))
 
     def _clone(self, s: Session, card: Card, why: str) -> None:
         card.status = "cloned"

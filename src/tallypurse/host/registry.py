@@ -22,6 +22,7 @@ from tallypurse.core.messages import CreditRecord
 from tallypurse.core.money import currency
 from tallypurse.core.protocol import CertRole
 from tallypurse.core.transport import CardTransport
+from tallypurse.host.clearing import card_states
 from tallypurse.host.db.models import BankAccount, Card, Cardholder, Merchant
 from tallypurse.host.db.models import WriteBackAction as ActionRow
 from tallypurse.host.errors import CONFLICT, NOT_FOUND, UNKNOWN_CARD, HostError
@@ -85,8 +86,9 @@ class CardInfo:
     cardholder_id: str | None
     currency: str
     purse_host_view: int  # what the host believes the purse holds (after clearing)
-    contiguous_seqno: int
-    max_seqno: int
+    contiguous_seqno: int  # the card's events cleared without a gap up to here
+    max_seqno: int  # its highest cleared event
+    gap_since: int | None  # when a gap between the two opened (None: no gap)
 
 
 class Registry:
@@ -301,8 +303,10 @@ class Registry:
         with self.host.uow() as uow:
             card = self.card(uow.session, card_id)
             float_ = Ledger(uow.session, 0).balance(Acct(Kind.PURSE_FLOAT, card_id, card.currency))
+            progress = card_states(uow.session, [card_id])[0][card_id]
             return CardInfo(card.card_id, card.status, card.blacklisted, card.cardholder_id,
-                            card.currency, -float_, card.contiguous_seqno, card.max_seqno)
+                            card.currency, -float_, progress.contiguous_seqno,
+                            progress.max_seqno, progress.gap_since)
 
     def set_card_status(self, card_id: str, status: str, *, reason: str = "") -> None:
         """Lost, stolen, blocked (blacklisted), or active again (taken off the blacklist)."""

@@ -14,6 +14,7 @@ from tallypurse.host.db.models import (
     Card,
     CardEventConflict,
     CardEventRow,
+    CardGap,
     Debt,
     LedgerTransaction,
     Posting,
@@ -35,14 +36,17 @@ class Reports:
         with self.host.uow() as uow:
             s = uow.session
             report = audit(s).to_json()
+            newest = (select(CardEventRow.card_id, func.max(CardEventRow.seqno).label("seqno"))
+                      .group_by(CardEventRow.card_id).subquery())
             last = (
                 select(CardEventRow.card_id, CardEventRow.balance_after)
-                .join(Card, (Card.card_id == CardEventRow.card_id)
-                      & (Card.max_seqno == CardEventRow.seqno))
+                .join(newest, (newest.c.card_id == CardEventRow.card_id)
+                      & (newest.c.seqno == CardEventRow.seqno))
+                .join(Card, Card.card_id == CardEventRow.card_id)
+                .outerjoin(CardGap, CardGap.card_id == Card.card_id)
                 # a cloned card has no single balance chain: its copies' events interleave
                 # (the clone report and the losses account carry it)
-                .where(Card.contiguous_seqno == Card.max_seqno,
-                       Card.status.not_in(("replaced", "cloned")))
+                .where(CardGap.card_id.is_(None), Card.status.not_in(("replaced", "cloned")))
                 .subquery()
             )
             rows = s.execute(
@@ -63,11 +67,14 @@ class Reports:
         limit = self.host.settings.gap_report_after_s if older_than_s is None else older_than_s
         cutoff = self.host.now() - limit
         with self.host.uow() as uow:
-            rows = uow.session.scalars(
-                select(Card).where(Card.gap_since.is_not(None), Card.gap_since <= cutoff)
-                .order_by(Card.gap_since)).all()
-            return [{"card_id": c.card_id, "contiguous_seqno": c.contiguous_seqno,
-                     "max_seqno": c.max_seqno, "gap_since": c.gap_since} for c in rows]
+            top = (select(func.max(CardEventRow.seqno))
+                   .where(CardEventRow.card_id == CardGap.card_id).scalar_subquery())
+            rows = uow.session.execute(
+                select(CardGap.card_id, CardGap.contiguous_seqno, top, CardGap.since)
+                .where(CardGap.since <= cutoff)
+                .order_by(CardGap.since, CardGap.card_id)).all()
+            return [{"card_id": cid, "contiguous_seqno": int(c), "max_seqno": int(m),
+                     "gap_since": int(since)} for cid, c, m, since in rows]
 
     def clones(self) -> list[dict[str, Any]]:
         with self.host.uow() as uow:

@@ -80,6 +80,7 @@ class CardPublic(Body):
     purse_host_view: int
     contiguous_seqno: int
     max_seqno: int
+    gap_since: int | None
 
 
 class ParameterChange(Body):

@@ -47,6 +47,7 @@ from tallypurse.host.db.models import (
 from tallypurse.host.errors import NOT_FOUND, HostError
 from tallypurse.host.ledger import Kind
 from tallypurse.host.lists import ACTIONS, BLACKLIST
+from tallypurse.host.registry import CardInfo
 from tallypurse.host.service import Host
 from tallypurse.host.settlement import sales_in
 from tallypurse.host.tms import TerminalStatus
@@ -238,7 +239,7 @@ class CardPage:
     holder: Cardholder | None
     online_balance: int | None
     bank_linked: bool
-    purse_host_view: int
+    info: CardInfo  # the host's view of the purse and the card's clearing progress
     events: list[CardEventRow]
     gaps: list[tuple[int, int]]
     conflicts: list[CardEventConflict]
@@ -253,6 +254,10 @@ class CardPage:
     @property
     def on_blacklist(self) -> bool:
         return self.card.blacklisted
+
+    @property
+    def purse_host_view(self) -> int:
+        return self.info.purse_host_view
 
     def chain(self) -> dict[str, Any]:
         """The balance chain for the chart: one point per event, in counter order."""
@@ -301,7 +306,7 @@ def card_page(host: Host, card_id: str) -> CardPage:
         s.expunge_all()  # the rows outlive the (read-only, rolled back) transaction
     info = host.registry.card_info(card_id)
     balance = host.registry.online_balance(holder.id) if holder is not None else None
-    return CardPage(card, holder, balance, bank_linked, info.purse_host_view, events, gaps,
+    return CardPage(card, holder, balance, bank_linked, info, events, gaps,
                     conflicts, online, loads, debts, credit_events, blacklist_entries,
                     open_actions, candidates)
 

@@ -153,10 +153,6 @@ class Card(Base):
     writeback_seq: Mapped[int] = mapped_column(BigInteger, default=0)  # last one sealed
     online_counter: Mapped[int] = mapped_column(BigInteger, default=0)  # last one accepted
     credit_version: Mapped[int] = mapped_column(BigInteger, default=0)
-    # Clearing: card events are numbered seqno = ATC + load counter (each event moves one).
-    contiguous_seqno: Mapped[int] = mapped_column(BigInteger, default=0)
-    max_seqno: Mapped[int] = mapped_column(BigInteger, default=0)
-    gap_since: Mapped[int | None] = Time(nullable=True)
     blacklisted: Mapped[bool] = mapped_column(Boolean, default=False)
     replaced_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
@@ -276,6 +272,20 @@ class WriteBackAction(Base):
 
 
 # --- clearing -------------------------------------------------------------------------------------
+class CardGap(Base):
+    """A card whose cleared events have a gap (card events are numbered seqno = ATC + load
+    counter, each event moves one): its events are contiguous up to ``contiguous_seqno``
+    and some above are cleared already, since ``since``. A card without a row has its
+    events contiguous up to its newest; its highest seqno is always that of its newest
+    event (``card_events``), so clearing writes nothing of a card's progress in the common
+    case, where the next event follows the newest."""
+
+    __tablename__ = "card_gaps"
+    card_id: Mapped[str] = mapped_column(ForeignKey("cards.card_id"), primary_key=True)
+    contiguous_seqno: Mapped[int] = mapped_column(BigInteger)
+    since: Mapped[int] = mapped_column(BigInteger, index=True)
+
+
 class CardEventRow(Base):
     """A card-signed balance event taken by clearing: one per (card, seqno)."""
 
