@@ -67,7 +67,8 @@ def test_0008_moves_open_gaps_to_their_table_and_back(at_0007: Database) -> None
              "time, record, cleared_at) VALUES (:c, :n, 1, :n, 0, 1, 0, 'EUR', 0, 0, 0, "
              "'00', 0, 0, 'r', 0)")
     # gapped: events 1, 2 and 5 (a gap open since 77); whole: events 1 to 3; fresh: none
-    shapes = {"00000000000000a1": (2, 5, 77, (1, 2, 5)), "00000000000000a2": (3, 3, None, (1, 2, 3)),
+    shapes = {"00000000000000a1": (2, 5, 77, (1, 2, 5)),
+              "00000000000000a2": (3, 3, None, (1, 2, 3)),
               "00000000000000a3": (0, 0, None, ())}
     with at_0007.engine.begin() as conn:
         for cid, (low, high, since, seqnos) in shapes.items():

@@ -139,10 +139,12 @@ GAP_COLUMNS: list[bulk.Column] = [("card_id", "text"), ("contiguous_seqno", "big
 # Keyed by "is PostgreSQL".
 _EVENT_COLS = ("{e}.seqno, {e}.kind, {e}.atc, {e}.load_counter, {e}.balance_before, "
           "{e}.balance_after, {e}.record")
-# PostgreSQL: the cards' rows locked, in card order, before their progress is read (by a
-# statement of its own, which sees what a writer that held a lock committed).
-LOCK_CARDS = ("SELECT c.card_id FROM cards c JOIN v ON c.card_id = v.card_id "
-              "ORDER BY c.card_id FOR UPDATE OF c")
+# PostgreSQL: the cards' rows locked, in card order (``v`` comes sorted, and each row is
+# looked up and locked by its key in turn), before their progress is read by a statement
+# of its own, which sees what a writer that held a lock committed. A card is read by its
+# key whatever the table's size (a join would scan the whole table for small ones).
+LOCK_CARDS = ("SELECT c.card_id FROM v JOIN LATERAL (SELECT y.card_id FROM cards y "
+              "WHERE y.card_id = v.card_id FOR UPDATE) c ON true")
 CARDS_AND_NEWEST = {  # each card with its gap (if any) and its newest event (if any)
     False: "SELECT c.card_id, c.currency, g.contiguous_seqno, g.since, "
            f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
@@ -150,12 +152,14 @@ CARDS_AND_NEWEST = {  # each card with its gap (if any) and its newest event (if
            "LEFT JOIN card_events e ON e.card_id = c.card_id AND e.seqno = "
            "(SELECT max(x.seqno) FROM card_events x WHERE x.card_id = c.card_id) "
            "ORDER BY c.card_id",
-    True: "SELECT c.card_id, c.currency, g.contiguous_seqno, g.since, "
-          f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
-          "LEFT JOIN card_gaps g ON g.card_id = c.card_id "
+    True: "SELECT v.card_id, c.currency, g.contiguous_seqno, g.since, "
+          f"{_EVENT_COLS.format(e='e')} FROM v "
+          "JOIN LATERAL (SELECT y.currency FROM cards y WHERE y.card_id = v.card_id OFFSET 0) c "
+          "ON true LEFT JOIN LATERAL (SELECT h.contiguous_seqno, h.since FROM card_gaps h "
+          "WHERE h.card_id = v.card_id OFFSET 0) g ON true "
           f"LEFT JOIN LATERAL (SELECT {_EVENT_COLS.format(e='x')} FROM card_events x "
-          "WHERE x.card_id = c.card_id ORDER BY x.seqno DESC LIMIT 1) e ON true "
-          "ORDER BY c.card_id",
+          "WHERE x.card_id = v.card_id ORDER BY x.seqno DESC LIMIT 1) e ON true "
+          "ORDER BY v.card_id",
 }
 EVENTS_AT = {  # the events at these (card, seqno)
     False: f"SELECT e.card_id, {_EVENT_COLS.format(e='e')} FROM card_events e "
