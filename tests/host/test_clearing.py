@@ -205,6 +205,28 @@ def test_a_counter_gap_stays_open_until_the_missing_event_arrives(world: World) 
     assert info.contiguous_seqno == info.max_seqno == 4 and info.status == "active"
 
 
+def test_a_gap_that_narrows_keeps_the_time_it_opened(world: World) -> None:
+    card = world.card()
+    world.load(card, 3_000)  # event 1
+    taps = [world.purchase(card, 10 * n) for n in range(1, 6)]  # events 2 to 6
+    card_id = card.serial.hex()
+    world.upload(taps[0], taps[2], taps[4])  # 2, 4 and 6: missing 3 and 5
+    opened = world.host.now()
+    assert world.host.reports.gaps(older_than_s=0) == [
+        {"card_id": card_id, "contiguous_seqno": 2, "max_seqno": 6, "gap_since": opened}]
+    world.clock.advance(60)
+    world.upload(taps[1])  # 3 arrives: contiguous up to 4, the gap still open since then
+    assert world.host.reports.gaps(older_than_s=0) == [
+        {"card_id": card_id, "contiguous_seqno": 4, "max_seqno": 6, "gap_since": opened}]
+    info = world.host.registry.card_info(card_id)
+    assert (info.contiguous_seqno, info.max_seqno, info.gap_since) == (4, 6, opened)
+    world.upload(taps[3])  # 5 arrives: no gap left
+    assert world.host.reports.gaps(older_than_s=0) == []
+    info = world.host.registry.card_info(card_id)
+    assert (info.contiguous_seqno, info.max_seqno, info.gap_since) == (6, 6, None)
+    assert world.host.reports.audit()["balanced"] is True
+
+
 def test_late_batches_keep_their_original_times(world: World) -> None:
     card = world.card()
     world.load(card, 3_000)
