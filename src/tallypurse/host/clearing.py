@@ -37,9 +37,12 @@ canonical JSON once (its payload hash and the SAM-signed bytes come from the
 same dump) and each card record is parsed once. The write transaction takes
 the whole batch with a handful of bulk statements
 (:mod:`tallypurse.host.db.bulk`), whatever its size: lock the batch's cards in
-card order and read each card's newest event with them, read the other
-neighbours of its events (late or out-of-order uploads only), book the ledger,
-insert the events and the journal entries, move the cards' counters. Account
+card order, read each card's progress (its gap, if any, and its newest event:
+the highest seqno is the newest event's), read the other neighbours of its
+events (late or out-of-order uploads only), book the ledger, insert the events
+and the journal entries, and open, narrow or close the cards' gaps
+(``card_gaps``: nothing is written of a card's progress when its next event
+follows the newest, the common case). Account
 ids are kept across batches (:class:`~tallypurse.host.ledger.AccountIds`). Only
 the rare events (clones, split debits, cancels, loads) go through the ORM.
 """
