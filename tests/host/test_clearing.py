@@ -227,6 +227,19 @@ def test_a_gap_that_narrows_keeps_the_time_it_opened(world: World) -> None:
     assert world.host.reports.audit()["balanced"] is True
 
 
+def test_a_gap_filled_whole_while_another_opens_is_as_old_as_the_new_one(world: World) -> None:
+    card = world.card()
+    world.load(card, 3_000)  # event 1
+    taps = [world.purchase(card, 10 * n) for n in range(1, 6)]  # events 2 to 6
+    card_id = card.serial.hex()
+    world.upload(taps[0], taps[2])  # 2 and 4: missing 3
+    world.clock.advance(60)
+    world.upload(taps[1], taps[4])  # 3 fills that gap; 6 opens another (missing 5)
+    assert world.host.reports.gaps(older_than_s=0) == [
+        {"card_id": card_id, "contiguous_seqno": 4, "max_seqno": 6,
+         "gap_since": world.host.now()}]
+
+
 def test_late_batches_keep_their_original_times(world: World) -> None:
     card = world.card()
     world.load(card, 3_000)

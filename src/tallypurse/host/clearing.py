@@ -492,6 +492,7 @@ class Clearing:
              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
         """Take verified card events (cards locked by the caller): one outcome per item,
         and the bank instructions to submit once the transaction has committed."""
+        s.flush()  # the progress is read with plain SQL: what the session holds goes first
         states, newest = card_states(s, cards)
         return self._take(s, states, items, newest=newest)
 
@@ -673,7 +674,9 @@ class Clearing:
 
     def _advance(self, s: Session, cards: dict[str, CardState], new: list[Incoming],
                  now: int) -> None:
-        """Move each card's contiguous and highest seqno; open, narrow or close its gap."""
+        """Move each card's contiguous and highest seqno; open, narrow or close its gap (a
+        gap is as old as its oldest missing event: one filled whole while a new one opens
+        above it starts again)."""
         by_card: dict[str, list[int]] = {}
         for it in new:
             seqnos = by_card.get(it.card_id)
@@ -711,7 +714,7 @@ class Clearing:
                     c = m
                 moved[cid] = (c, moved[cid][1])
         opened: list[tuple[str, int, int]] = []
-        narrowed: list[tuple[str, int]] = []
+        narrowed: list[tuple[str, int, int]] = []
         closed: list[str] = []
         for cid, (c, top) in moved.items():
             card = cards[cid]
@@ -720,7 +723,9 @@ class Clearing:
                     card.gap_since = now
                     opened.append((cid, c, now))
                 elif c != card.contiguous_seqno:
-                    narrowed.append((cid, c))
+                    if c >= card.max_seqno:  # the old gap is filled, a new one opened above
+                        card.gap_since = now
+                    narrowed.append((cid, c, card.gap_since))
             elif card.gap_since is not None:
                 card.gap_since = None
                 closed.append(cid)
@@ -730,8 +735,8 @@ class Clearing:
         if opened:
             bulk.insert(s, "card_gaps", GAP_COLUMNS, opened)
         if narrowed:
-            bulk.update(s, "card_gaps", CARD_KEY, [("contiguous_seqno", "bigint", "{v}")],
-                        narrowed)
+            bulk.update(s, "card_gaps", CARD_KEY, [("contiguous_seqno", "bigint", "{v}"),
+                                                   ("since", "bigint", "{v}")], narrowed)
         if closed:
             s.execute(delete(CardGap).where(CardGap.card_id.in_(sorted(closed))))
 

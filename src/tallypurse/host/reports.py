@@ -67,8 +67,9 @@ class Reports:
         limit = self.host.settings.gap_report_after_s if older_than_s is None else older_than_s
         cutoff = self.host.now() - limit
         with self.host.uow() as uow:
-            top = (select(func.max(CardEventRow.seqno))
-                   .where(CardEventRow.card_id == CardGap.card_id).scalar_subquery())
+            top = func.coalesce(select(func.max(CardEventRow.seqno))
+                                .where(CardEventRow.card_id == CardGap.card_id)
+                                .scalar_subquery(), CardGap.contiguous_seqno)
             rows = uow.session.execute(
                 select(CardGap.card_id, CardGap.contiguous_seqno, top, CardGap.since)
                 .where(CardGap.since <= cutoff)

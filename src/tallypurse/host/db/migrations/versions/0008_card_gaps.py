@@ -9,6 +9,8 @@ Revises: 0007
 
 from __future__ import annotations
 
+import sqlite3
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -19,6 +21,9 @@ depends_on = None
 
 
 def upgrade() -> None:
+    if op.get_bind().dialect.name == "sqlite" and sqlite3.sqlite_version_info < (3, 35):
+        raise RuntimeError(f"SQLite {sqlite3.sqlite_version} cannot drop a column in place: "
+                           "this migration needs SQLite 3.35 or later")
     op.create_table(
         "card_gaps",
         sa.Column("card_id", sa.String(length=16), nullable=False),
@@ -52,4 +57,7 @@ def downgrade() -> None:
                "WHERE g.card_id = cards.card_id), gap_since = (SELECT g.since FROM card_gaps g "
                "WHERE g.card_id = cards.card_id) "
                "WHERE card_id IN (SELECT card_id FROM card_gaps)")
+    if op.get_bind().dialect.name == "postgresql":  # SQLite keeps the default: no harm
+        op.alter_column("cards", "contiguous_seqno", server_default=None)
+        op.alter_column("cards", "max_seqno", server_default=None)
     op.drop_table("card_gaps")
