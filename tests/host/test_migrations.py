@@ -66,6 +66,10 @@ def test_0008_moves_open_gaps_to_their_table_and_back(at_0007: Database) -> None
              "currency, tx_type, balance_before, balance_after, terminal_id, terminal_seq, "
              "time, record, cleared_at) VALUES (:c, :n, 1, :n, 0, 1, 0, 'EUR', 0, 0, 0, "
              "'00', 0, 0, 'r', 0)")
+    # another table's row refers to a card: the columns must go without copying `cards`
+    action = ("INSERT INTO writeback_actions (action_id, card_id, kind, seq, payload, sealed, "
+              "status, created) VALUES ('a1', '00000000000000a1', 'credit', 1, '', '', "
+              "'pending', 0)")
     # gapped: events 1, 2 and 5 (a gap open since 77); whole: events 1 to 3; fresh: none
     shapes = {"00000000000000a1": (2, 5, 77, (1, 2, 5)),
               "00000000000000a2": (3, 3, None, (1, 2, 3)),
@@ -75,6 +79,7 @@ def test_0008_moves_open_gaps_to_their_table_and_back(at_0007: Database) -> None
             conn.execute(sa.text(card), {"c": cid, "low": low, "high": high, "since": since})
             for n in seqnos:
                 conn.execute(sa.text(event), {"c": cid, "n": n})
+        conn.execute(sa.text(action))
     assert upgrade(at_0007) == head_revision()
     with at_0007.engine.connect() as conn:
         gaps = conn.execute(sa.text(

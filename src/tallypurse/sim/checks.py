@@ -181,7 +181,7 @@ class Checks:
         clone_ids = {c.card_id for c in self.subject.copies()}
         cards, events, host_cards, purse_view, conflicts, debts, gaps = self._book()
         self.signatures(events, conflicts, host_cards)
-        self.card_chains(cards, events, host_cards, gaps, purse_view, clone_ids)
+        self.card_chains(cards, events, gaps, purse_view, clone_ids)
         self.effects_once(events)
         self.terminals_hold_nothing()
         self.debts_and_slots(cards, debts, clone_ids)
@@ -195,8 +195,8 @@ class Checks:
     def money(self) -> None:
         """Rule 1 alone: the ledger balances and every card's chain is the host's view."""
         self.ledger_balances()
-        cards, events, host_cards, purse_view, _, _, gaps = self._book()
-        self.card_chains(cards, events, host_cards, gaps, purse_view,
+        cards, events, _, purse_view, _, _, gaps = self._book()
+        self.card_chains(cards, events, gaps, purse_view,
                          {c.card_id for c in self.subject.copies()})
 
     def _book(self) -> tuple[dict[str, CardState], dict[str, list[CardEventRow]],
@@ -247,8 +247,7 @@ class Checks:
         self.subject.counts["checked.signatures"] += len(rows)
 
     def card_chains(self, cards: dict[str, CardState], events: dict[str, list[CardEventRow]],
-                    host_cards: dict[str, Card], gaps: dict[str, CardGap],
-                    purse_view: dict[str, int],
+                    gaps: dict[str, CardGap], purse_view: dict[str, int],
                     clone_ids: set[str]) -> None:
         """Rules 1 and 3: every event each card committed reached the host, they chain
         from zero to the card's balance, and the host's purse view is that balance."""
