@@ -53,7 +53,7 @@ import os
 import struct
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -145,24 +145,21 @@ _EVENT_COLS = ("{e}.seqno, {e}.kind, {e}.atc, {e}.load_counter, {e}.balance_befo
 # PostgreSQL: the cards' rows locked, in card order (``v`` comes sorted, and each row is
 # looked up and locked by its key in turn), before their progress is read by a statement
 # of its own, which sees what a writer that held a lock committed. A card is read by its
-# key whatever the table's size (a join would scan the whole table for small ones).
+# key whatever the table's size (a join would scan the whole table for small ones); its
+# progress needs no read of its wide row (the caller knows its currency).
 LOCK_CARDS = ("SELECT c.card_id FROM v JOIN LATERAL (SELECT y.card_id FROM cards y "
               "WHERE y.card_id = v.card_id FOR UPDATE) c ON true")
-CARDS_AND_NEWEST = {  # each card with its gap (if any) and its newest event (if any)
-    False: "SELECT c.card_id, c.currency, g.contiguous_seqno, g.since, "
-           f"{_EVENT_COLS.format(e='e')} FROM cards c JOIN v ON c.card_id = v.card_id "
-           "LEFT JOIN card_gaps g ON g.card_id = c.card_id "
-           "LEFT JOIN card_events e ON e.card_id = c.card_id AND e.seqno = "
-           "(SELECT max(x.seqno) FROM card_events x WHERE x.card_id = c.card_id) "
-           "ORDER BY c.card_id",
-    True: "SELECT v.card_id, c.currency, g.contiguous_seqno, g.since, "
+PROGRESS = {  # each card's gap (if any) and its newest event (if any)
+    False: f"SELECT v.card_id, g.contiguous_seqno, g.since, {_EVENT_COLS.format(e='e')} FROM v "
+           "LEFT JOIN card_gaps g ON g.card_id = v.card_id "
+           "LEFT JOIN card_events e ON e.id = (SELECT x.id FROM card_events x "
+           "WHERE x.card_id = v.card_id ORDER BY x.seqno DESC LIMIT 1)",
+    True: "SELECT v.card_id, g.contiguous_seqno, g.since, "
           f"{_EVENT_COLS.format(e='e')} FROM v "
-          "JOIN LATERAL (SELECT y.currency FROM cards y WHERE y.card_id = v.card_id OFFSET 0) c "
-          "ON true LEFT JOIN LATERAL (SELECT h.contiguous_seqno, h.since FROM card_gaps h "
+          "LEFT JOIN LATERAL (SELECT h.contiguous_seqno, h.since FROM card_gaps h "
           "WHERE h.card_id = v.card_id OFFSET 0) g ON true "
           f"LEFT JOIN LATERAL (SELECT {_EVENT_COLS.format(e='x')} FROM card_events x "
-          "WHERE x.card_id = v.card_id ORDER BY x.seqno DESC LIMIT 1) e ON true "
-          "ORDER BY v.card_id",
+          "WHERE x.card_id = v.card_id ORDER BY x.seqno DESC LIMIT 1) e ON true",
 }
 EVENTS_AT = {  # the events at these (card, seqno)
     False: f"SELECT e.card_id, {_EVENT_COLS.format(e='e')} FROM card_events e "
@@ -265,18 +262,21 @@ class Known(NamedTuple):
     record: str
 
 
-def card_states(s: Session, card_ids: Iterable[str]
+def card_states(s: Session, currencies: Mapping[str, str]
                 ) -> tuple[dict[str, CardState], dict[tuple[str, int], Known]]:
-    """The cards' progress (of those that exist), in one statement, with each card's
-    newest event, keyed by (card, seqno). Consistent when the cards are locked (clearing
-    and load confirmations) or in a read-only transaction (reports)."""
-    rows = bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(set(card_ids))],
-                            CARDS_AND_NEWEST[bulk.is_postgres(s)])
+    """The progress of these existing cards (keyed by card, with each card's currency), in
+    one statement, with each card's newest event, keyed by (card, seqno). Consistent when
+    the cards are locked (clearing and load confirmations) or in a read-only transaction
+    (reports). On SQLite the newest event is found on the (card, seqno) index and read by
+    its row id."""
+    rows = bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(currencies)],
+                            PROGRESS[bulk.is_postgres(s)])
     states: dict[str, CardState] = {}
     newest: dict[tuple[str, int], Known] = {}
-    for cid, cur, contiguous, since, n, *event in rows:
+    for cid, contiguous, since, n, *event in rows:
         top = 0 if n is None else int(n)
-        states[cid] = CardState(cid, cur, top if contiguous is None else int(contiguous), top,
+        low = top if contiguous is None else int(contiguous)
+        states[cid] = CardState(cid, currencies[cid], low, top,
                                 None if since is None else int(since))
         if n is not None:
             newest[(cid, top)] = Known(int(event[0]), int(event[1]), int(event[2]),
@@ -290,6 +290,14 @@ class _Checked(NamedTuple):
     event: EventFields
     record: str
     card_id: str
+    currency: str  # the card's (alphabetic)
+
+
+class _CardKey(NamedTuple):
+    """What clearing keeps of a card per process: neither ever changes."""
+
+    key: ec.EllipticCurvePublicKey  # its certified key
+    currency: str
 
 
 Check = _Checked | HostError | None  # None: an entry without a card record
@@ -401,29 +409,31 @@ def _verify_each(jobs: Sequence[tuple[ec.EllipticCurvePublicKey, bytes, bytes]])
 class Clearing:
     def __init__(self, host: Host) -> None:
         self.host = host
-        self._keys: dict[str, ec.EllipticCurvePublicKey] = {}
+        self._keys: dict[str, _CardKey] = {}
         self._accounts = AccountIds()
         self._turn_lock = threading.Lock()  # threads of this process: one at a time
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
     # --- card keys and TACs -----------------------------------------------------------------------
-    def _key(self, card_id: str, point_hex: str) -> ec.EllipticCurvePublicKey:
-        key = self._keys.get(card_id)
-        if key is None:
+    def _key(self, card_id: str, point_hex: str, currency: str) -> _CardKey:
+        known = self._keys.get(card_id)
+        if known is None:
             if len(self._keys) >= KEY_CACHE_MAX:
                 self._keys.clear()
-            key = self._keys[card_id] = crypto.decode_public_key(bytes.fromhex(point_hex))
-        return key
+            known = self._keys[card_id] = _CardKey(
+                crypto.decode_public_key(bytes.fromhex(point_hex)), currency)
+        return known
 
-    def _known_keys(self, s: Session, card_ids: set[str]) -> dict[str, ec.EllipticCurvePublicKey]:
-        """The certified keys of those of ``card_ids`` that exist."""
+    def _known_keys(self, s: Session, card_ids: set[str]) -> dict[str, _CardKey]:
+        """The certified keys and currencies of those of ``card_ids`` that exist."""
         out = {cid: k for cid in card_ids if (k := self._keys.get(cid)) is not None}
         missing = sorted(card_ids - out.keys())
-        for cid, point in bulk.select_with(
+        for cid, point, cur in bulk.select_with(
                 s, [CARD_KEY], [(c,) for c in missing],
-                "SELECT c.card_id, c.public_key FROM cards c JOIN v ON c.card_id = v.card_id"):
-            out[cid] = self._key(cid, point)
+                "SELECT c.card_id, c.public_key, c.currency FROM cards c "
+                "JOIN v ON c.card_id = v.card_id"):
+            out[cid] = self._key(cid, point, cur)
         return out
 
     def _verify_all(self, jobs: list[tuple[ec.EllipticCurvePublicKey, bytes, bytes]]
@@ -452,7 +462,7 @@ class Clearing:
         card = cards.get(signed.event.card_id.hex())
         if card is None:
             raise HostError(UNKNOWN_CARD, f"unknown card {signed.event.card_id.hex()}")
-        key = self._key(card.card_id, card.public_key)
+        key = self._key(card.card_id, card.public_key, card.currency).key
         if not crypto.verify(key, signed.tac, EVENT_DOMAIN + raw[:EVENT_SIZE]):
             raise HostError(RECORD_INVALID, "the card's signature (TAC) does not verify")
         return signed
@@ -479,21 +489,21 @@ class Clearing:
             stmt = stmt.with_for_update()
         return {c.card_id: c for c in s.scalars(stmt)}
 
-    def _lock_states(self, s: Session, card_ids: set[str]
+    def _lock_states(self, s: Session, currencies: Mapping[str, str]
                      ) -> tuple[dict[str, CardState], dict[tuple[str, int], Known]]:
         """Lock the cards' rows in card order (PostgreSQL; on SQLite the write transaction
         holds the database), then read their progress with each card's newest event: the
         one a new upload follows in the common case (:func:`card_states`)."""
         if self.host.db.postgres:
-            bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(card_ids)], LOCK_CARDS)
-        return card_states(s, card_ids)
+            bulk.select_with(s, [CARD_KEY], [(c,) for c in sorted(currencies)], LOCK_CARDS)
+        return card_states(s, currencies)
 
     def take(self, s: Session, cards: Mapping[str, Card],
              items: list[Incoming]) -> tuple[list[Taken], list[str]]:
         """Take verified card events (cards locked by the caller): one outcome per item,
         and the bank instructions to submit once the transaction has committed."""
         s.flush()  # the progress is read with plain SQL: what the session holds goes first
-        states, newest = card_states(s, cards)
+        states, newest = card_states(s, {cid: c.currency for cid, c in cards.items()})
         return self._take(s, states, items, newest=newest)
 
     def _take(self, s: Session, cards: dict[str, CardState], items: list[Incoming],
@@ -845,7 +855,7 @@ class Clearing:
                     if key is None:
                         check = HostError(UNKNOWN_CARD, f"unknown card {cid}")
                     else:
-                        jobs.append((key, tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
+                        jobs.append((key.key, tac, EVENT_DOMAIN + raw[:EVENT_SIZE]))
                         waiting.append(i)
             checks.append(check)
         outcomes, ready = self._verify_all(jobs)  # on threads, while the entries are matched
@@ -854,20 +864,22 @@ class Clearing:
         for i in waiting:
             verified = parsed[i]
             assert isinstance(verified, tuple)
-            checks[i] = self._match(verified[0], verified[3], entries[i], terminals)
+            cid = verified[3]
+            checks[i] = self._match(verified[0], cid, keys[cid].currency, entries[i], terminals)
         return _Checks(checks, waiting, outcomes, ready=ready)
 
     @staticmethod
-    def _match(e: EventFields, card_id: str, entry: JournalEntry,
+    def _match(e: EventFields, card_id: str, currency: str, entry: JournalEntry,
                terminals: Mapping[bool, bytes]) -> Check:
-        """A record (of card ``card_id``) against its journal entry; ``terminals``: the
+        """A record (of card ``card_id``, whose currency is ``currency``) against its journal
+        entry; ``terminals``: the
         terminal a record names, by "is a load" (a load names none)."""
         kind = RECORD_KINDS[entry.kind]
         if (e.kind != kind or card_id != entry.card_id or e.amount != entry.amount
                 or e.split != entry.split or _alpha(e.currency) != entry.currency
                 or e.terminal_id != terminals[kind == EventKind.LOAD]):
             return HostError(RECORD_MISMATCH, "the card's record does not match the entry")
-        return _Checked(e, entry.record, card_id)
+        return _Checked(e, entry.record, card_id, currency)
 
     def _upload(self, terminal_id: str, batch: BatchUpload, digest: str, checks: list[Check],
                 verified: Callable[[], bool] = lambda: True) -> tuple[BatchAck, list[str]]:
@@ -914,6 +926,7 @@ class Clearing:
         rejected: list[Rejected] = []
         taken: list[JournalEntry] = []
         events: list[Incoming] = []
+        currencies: dict[str, str] = {}  # the events' cards
         in_batch: set[int] = set()
         for entry, check in zip(batch.entries, checks, strict=True):
             if entry.seq in in_batch:
@@ -939,7 +952,8 @@ class Clearing:
             if check is not None:
                 events.append(Incoming(check.event, tid, merchant, check.record,
                                        check.card_id))
-        cards, newest = self._lock_states(s, {it.card_id for it in events})
+                currencies[check.card_id] = check.currency
+        cards, newest = self._lock_states(s, currencies)
         _, pending = self._take(s, cards, events, batch.batch_id, newest)
         bulk.insert(s, "journal_records", JOURNAL_COLUMNS, [
             (tid, e.seq, e.kind, e.card_id, e.amount, e.split, e.currency, e.time,

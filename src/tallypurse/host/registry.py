@@ -303,7 +303,7 @@ class Registry:
         with self.host.uow() as uow:
             card = self.card(uow.session, card_id)
             float_ = Ledger(uow.session, 0).balance(Acct(Kind.PURSE_FLOAT, card_id, card.currency))
-            progress = card_states(uow.session, [card_id])[0][card_id]
+            progress = card_states(uow.session, {card_id: card.currency})[0][card_id]
             return CardInfo(card.card_id, card.status, card.blacklisted, card.cardholder_id,
                             card.currency, -float_, progress.contiguous_seqno,
                             progress.max_seqno, progress.gap_since)
